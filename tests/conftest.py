@@ -1,0 +1,40 @@
+"""Shared test policy.
+
+Tests marked `kernel` need root and bpffs. Without them they skip with the
+reason; with CI=true a missing prerequisite fails the test instead, so CI can
+never pass by skipping the kernel half of the suite.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+BPFFS = "/sys/fs/bpf"
+
+
+def _kernel_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (bpf() and netlink)"
+    if not os.path.ismount(BPFFS):
+        return f"needs bpffs mounted at {BPFFS} (mount -t bpf bpf {BPFFS})"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _kernel_unavailable()
+    if reason is None:
+        return
+    in_ci = os.environ.get("CI") == "true"
+    for item in items:
+        if "kernel" not in item.keywords:
+            continue
+        if in_ci:
+            item.add_marker(pytest.mark.usefixtures("_kernel_required_in_ci"))
+        else:
+            item.add_marker(pytest.mark.skip(reason=f"kernel test {reason}"))
+
+
+@pytest.fixture
+def _kernel_required_in_ci():
+    pytest.fail(f"CI=true but kernel tests cannot run: {_kernel_unavailable()}")
