@@ -38,3 +38,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def _kernel_required_in_ci():
     pytest.fail(f"CI=true but kernel tests cannot run: {_kernel_unavailable()}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what the differential tests compared, for the closing note."""
+    import sys
+    module = sys.modules.get("differential")
+    TOTALS = getattr(module, "TOTALS", None)
+    if TOTALS and TOTALS["programs"]:
+        terminalreporter.write_line(
+            f"differential VM vs kernel: {TOTALS['programs']} programs, {TOTALS['runs']} runs, "
+            f"{TOTALS['mismatches']} mismatches")

@@ -1,0 +1,42 @@
+"""`tailor` entry point: builds the argument parser from the subcommand
+modules and dispatches. Each subcommand module exposes `register(subparsers)`
+and sets `func` on its parser; heavy imports happen inside `func`, so
+`tailor --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tailor.cli import bpf
+
+SUBCOMMANDS = (bpf,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tailor",
+        description="tailor: a CNI and network-policy datapath that compiles one eBPF program per pod")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as `tailor: error: ...`, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UsageError as e:
+        print(f"tailor: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

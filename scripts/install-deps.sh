@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what tailor needs on Debian bookworm (apt + pip) and mounts bpffs.
+# Idempotent: packages already present are not fetched again.
+#   scripts/install-deps.sh          runtime only
+#   scripts/install-deps.sh --test   plus what the test suite compares against
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=(libbpf1 iproute2 kmod)
+[[ "${1:-}" == "--test" ]] && apt_pkgs+=(llvm-19)   # llvm-mc/objdump 19: the assembler's reference
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $EUID -ne 0 ]]; then
+        echo "install-deps: missing Debian packages ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: apt-get install ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+echo "install-deps: pip install -e .${extras}" >&2
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
+
+if [[ $EUID -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
+    echo "install-deps: mounting bpffs at /sys/fs/bpf" >&2
+    mount -t bpf bpf /sys/fs/bpf
+fi
