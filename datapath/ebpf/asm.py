@@ -4,14 +4,17 @@ out`, `lock *(u64 *)(r1 + 0) += r2`, ...).
 
 Used by tests and tools that write programs by hand, and to re-assemble what
 `disasm` prints: `assemble("\\n".join(disassemble(insns)))` gives the same
-bytes back. The syntax tables below are the single source for both
-directions; `disasm` derives its reverse tables from them.
+bytes back. The text <-> encoding tables live in `syntax`, shared with
+`disasm` (the two are sibling layers and may not import each other).
 
 Lexical rules (as llvm-mc): `#` and `//` start a comment, `/* */` comments
 may span lines, `;` separates statements (it is NOT a comment), numbers are
 decimal, 0x hex, 0b binary or 0-prefixed octal, optionally negative. Where
 llvm-mc is lenient we are strict: out-of-range immediates are errors (llvm-mc
 truncates them), registers stop at r10 (llvm-mc takes r11).
+
+`r1 = NAME ll` is a map reference: src PSEUDO_MAP_FD and `ref` NAME for the
+loader to resolve (llvm-mc leaves src 0 and emits a relocation instead).
 
 Extensions beyond llvm-mc, all so that every valid instruction has a text:
   call pc+N / call pc-N      bpf-to-bpf call by offset (the kernel log's form)
@@ -31,36 +34,8 @@ import re
 
 from . import isa
 from .errors import AssemblyError
-
-# --- syntax tables: text -> encoding (disasm derives the reverse) -----------
-
-# Compound-assignment operator (without the `=`) -> (ALU op, off). `off` 1
-# selects the signed variant of div/mod (cpu v4).
-ALU_OPERATORS = {
-    "+": (isa.ADD, 0), "-": (isa.SUB, 0), "*": (isa.MUL, 0),
-    "/": (isa.DIV, 0), "s/": (isa.DIV, 1), "%": (isa.MOD, 0), "s%": (isa.MOD, 1),
-    "|": (isa.OR, 0), "&": (isa.AND, 0), "^": (isa.XOR, 0),
-    "<<": (isa.LSH, 0), ">>": (isa.RSH, 0), "s>>": (isa.ARSH, 0),
-}
-# Comparison text -> JMP op, from isa's name -> text table.
-CONDITION_OPS = {text: isa.JMP_OPS[name] for name, text in isa.CONDITIONS.items()}
-# `(u32 *)` / `(s16 *)` -> size field; `s` types only exist for MEMSX loads.
-MEM_TYPES = {f"u{8 * n}": isa.BYTES_SIZE[n] for n in (1, 2, 4, 8)}
-SIGNED_MEM_TYPES = {f"s{8 * n}": isa.BYTES_SIZE[n] for n in (1, 2, 4)}
-# Atomic operators usable with `lock ... OP= reg` and `atomic_fetch_NAME`.
-ATOMIC_OPERATORS = {"+": "add", "|": "or", "&": "and", "^": "xor"}
-# Byte swaps: `be16` etc. are ALU-class END (to big / little endian),
-# `bswap16` etc. the unconditional ALU64-class swap.
-SWAPS = {f"{name}{bits}": (code, bits) for bits in (16, 32, 64) for name, code in (
-    ("be", isa.ALU | isa.END | isa.TO_BE), ("le", isa.ALU | isa.END | isa.TO_LE),
-    ("bswap", isa.ALU64 | isa.END | isa.TO_LE))}
-# MOVSX source widths per class: `w1 = (s32)w2` would be a plain move.
-MOVSX_BITS = {isa.ALU: (8, 16), isa.ALU64: (8, 16, 32)}
-# The fetch forms' function names, per width.
-XCHG_NAMES = {isa.DW: "xchg_64", isa.W: "xchg32_32"}
-CMPXCHG_NAMES = {isa.DW: "cmpxchg_64", isa.W: "cmpxchg32_32"}
-
-MAX_REG = isa.R10
+from .syntax import (ALU_OPERATORS, ATOMIC_OPERATORS, CMPXCHG_NAMES, CONDITION_OPS,
+                     MAX_REG, MEM_TYPES, MOVSX_BITS, SIGNED_MEM_TYPES, SWAPS, XCHG_NAMES)
 
 # --- the grammar: one regex per statement form --------------------------------
 
@@ -427,7 +402,7 @@ FORMS = [(_compile(t), h) for t, h in [
 ]]
 
 _MNEMONICS = {"exit", "goto", "gotol", "call", "callx", "if", "lock", "ld_pseudo"}
-_LABEL = re.compile(rf"\s*({_IDENT})\s*:(?!=)")
+_LABEL = re.compile(rf"\s*({_IDENT})\s*:")
 
 
 def _parse(number: int, text: str) -> tuple[isa.Insn, tuple[str, str] | None]:

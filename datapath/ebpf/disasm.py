@@ -4,7 +4,8 @@ slot numbers and source annotations to read beside `bpftool prog dump xlated`.
 
 Used by debugging output, error reports (the verifier log names slots) and
 tests. Every line re-assembles with `asm.assemble` to the same bytes; the
-syntax tables come from `asm`, reversed here.
+syntax tables come from `syntax`, reversed here. (`asm` and `disasm` are
+sibling layers: neither imports the other.)
 
 Where llvm-objdump's text would not re-assemble to the same bytes we print
 `asm`'s extensions instead: `call pc+N` for bpf-to-bpf calls (objdump prints
@@ -20,16 +21,16 @@ ignores the reserved fields of others.)
 """
 from __future__ import annotations
 
-from . import asm, isa
+from . import isa, syntax
 
-# Reverse syntax tables, derived from asm's forward ones.
-ALU_OPERATOR_TEXT = {v: k for k, v in asm.ALU_OPERATORS.items()}
-CONDITION_TEXT = {v: k for k, v in asm.CONDITION_OPS.items()}
-MEM_TYPE_TEXT = {v: k for k, v in asm.MEM_TYPES.items()}
-SIGNED_MEM_TYPE_TEXT = {v: k for k, v in asm.SIGNED_MEM_TYPES.items()}
-SWAP_TEXT = {v: k for k, v in asm.SWAPS.items()}
-LOCK_TEXT = {isa.ATOMIC_OPS[name]: text for text, name in asm.ATOMIC_OPERATORS.items()}
-FETCH_TEXT = {isa.ATOMIC_OPS[name] | isa.FETCH: name for name in asm.ATOMIC_OPERATORS.values()}
+# Reverse syntax tables, derived from the forward ones `asm` reads.
+ALU_OPERATOR_TEXT = {v: k for k, v in syntax.ALU_OPERATORS.items()}
+CONDITION_TEXT = {v: k for k, v in syntax.CONDITION_OPS.items()}
+MEM_TYPE_TEXT = {v: k for k, v in syntax.MEM_TYPES.items()}
+SIGNED_MEM_TYPE_TEXT = {v: k for k, v in syntax.SIGNED_MEM_TYPES.items()}
+SWAP_TEXT = {v: k for k, v in syntax.SWAPS.items()}
+LOCK_TEXT = {isa.ATOMIC_OPS[name]: text for text, name in syntax.ATOMIC_OPERATORS.items()}
+FETCH_TEXT = {isa.ATOMIC_OPS[name] | isa.FETCH: name for name in syntax.ATOMIC_OPERATORS.values()}
 
 
 class _Invalid(Exception):
@@ -46,11 +47,11 @@ class _Fmt:
     --print-imm-hex), decimal on request; `labels` maps slot -> name for
     jump targets shown as labels."""
 
-    def __init__(self, hex: bool, slot: int = 0, labels: dict[int, str] | None = None):
-        self.hex, self.slot, self.labels = hex, slot, labels or {}
+    def __init__(self, hex_imm: bool, slot: int = 0, labels: dict[int, str] | None = None):
+        self.hex_imm, self.slot, self.labels = hex_imm, slot, labels or {}
 
     def num(self, v: int) -> str:
-        if not self.hex:
+        if not self.hex_imm:
             return str(v)
         return f"-0x{-v:x}" if v < 0 else f"0x{v:x}"
 
@@ -86,7 +87,7 @@ def _alu(insn: isa.Insn, f: _Fmt) -> str:
         if not is_x:
             _need(s == 0 and insn.off == 0)
             return f"{p}{d} = {f.num(imm)}"
-        _need(imm == 0 and (insn.off == 0 or insn.off in asm.MOVSX_BITS[klass]))
+        _need(imm == 0 and (insn.off == 0 or insn.off in syntax.MOVSX_BITS[klass]))
         cast = f"(s{insn.off})" if insn.off else ""
         return f"{p}{d} = {cast}{p}{s}"
     text = ALU_OPERATOR_TEXT.get((o, insn.off))
@@ -193,9 +194,9 @@ def _stx(insn: isa.Insn, f: _Fmt) -> str:
     if imm in FETCH_TEXT:
         return f"{p}{s} = atomic_fetch_{FETCH_TEXT[imm]}(({kind} *){addr}, {p}{s})"
     if imm == isa.ATOMIC_OPS["xchg"]:
-        return f"{p}{s} = {asm.XCHG_NAMES[size]}({addr[1:-1]}, {p}{s})"
+        return f"{p}{s} = {syntax.XCHG_NAMES[size]}({addr[1:-1]}, {p}{s})"
     _need(imm == isa.ATOMIC_OPS["cmpxchg"])
-    return f"{p}0 = {asm.CMPXCHG_NAMES[size]}({addr[1:-1]}, {p}0, {p}{s})"
+    return f"{p}0 = {syntax.CMPXCHG_NAMES[size]}({addr[1:-1]}, {p}0, {p}{s})"
 
 
 _BY_CLASS = {isa.ALU: _alu, isa.ALU64: _alu, isa.JMP: _jmp, isa.JMP32: _jmp,
@@ -206,8 +207,8 @@ def _text(insn: isa.Insn, f: _Fmt) -> str:
     try:
         # src above r10 can only be a pseudo kind (LD_IMM64); the call kinds
         # are all small and checked in _jmp.
-        _need(insn.dst <= asm.MAX_REG and
-              (insn.src <= asm.MAX_REG or insn.code == isa.OPCODE_LD_IMM64))
+        _need(insn.dst <= syntax.MAX_REG and
+              (insn.src <= syntax.MAX_REG or insn.code == isa.OPCODE_LD_IMM64))
         _need(insn.ref is None or insn.code == isa.OPCODE_LD_IMM64)
         return _BY_CLASS[isa.cls(insn.code)](insn, f)
     except _Invalid:
@@ -215,9 +216,9 @@ def _text(insn: isa.Insn, f: _Fmt) -> str:
                 f"off={insn.off} imm={insn.imm}")
 
 
-def format_insn(insn: isa.Insn, hex: bool = True) -> str:
+def format_insn(insn: isa.Insn, hex_imm: bool = True) -> str:
     """One instruction's text; jumps as relative `+N` / `-N` slots."""
-    return _text(insn, _Fmt(hex))
+    return _text(insn, _Fmt(hex_imm))
 
 
 def _jump_targets(insns) -> dict[int, str]:
@@ -241,31 +242,32 @@ def _jump_targets(insns) -> dict[int, str]:
     return targets
 
 
-def _lines(insns, hex: bool, labels: bool):
+def _lines(insns, hex_imm: bool, labels: bool):
     """(slot, label or None, text) per instruction."""
     insns = list(insns)
     names = _jump_targets(insns) if labels else {}
     slot = 0
     for insn in insns:
-        yield slot, names.get(slot), _text(insn, _Fmt(hex, slot, names))
+        yield slot, names.get(slot), _text(insn, _Fmt(hex_imm, slot, names))
         slot += insn.slots
 
 
-def disassemble(insns, labels: bool = False, hex: bool = True) -> list[str]:
+def disassemble(insns, labels: bool = False, hex_imm: bool = True) -> list[str]:
     """One line per instruction. With `labels`, jump targets are named
     `L<slot>` and the target line starts with `L<slot>: `, so the text
     re-assembles without counting slots."""
     return [f"{label}: {text}" if label else text
-            for _, label, text in _lines(insns, hex, labels)]
+            for _, label, text in _lines(insns, hex_imm, labels)]
 
 
 def listing(insns, annotate: bool = True, raw: bool = False,
-            labels: bool = False, hex: bool = True) -> str:
-    """Human-readable listing: slot index, the encoded bytes if `raw`, the
-    text, and each instruction's source comment (`annotate`) -- slot numbers
-    match the verifier log and `bpftool prog dump xlated`."""
+            labels: bool = False, hex_imm: bool = True) -> list[str]:
+    """Human-readable listing lines: slot index, the encoded bytes if `raw`,
+    the text, and each instruction's source comment (`annotate`) -- slot
+    numbers match the verifier log and `bpftool prog dump xlated`. With
+    `labels`, each jump target gets its own `L<slot>:` line."""
     insns = list(insns)
-    rows = list(_lines(insns, hex, labels))
+    rows = list(_lines(insns, hex_imm, labels))
     width = min(max((len(t) for _, _, t in rows), default=0), 48)
     out = []
     for insn, (slot, label, text) in zip(insns, rows):
@@ -279,4 +281,4 @@ def listing(insns, annotate: bool = True, raw: bool = False,
             notes.append(f"map {insn.ref}")
         line += f"{text:<{width}}  # {'; '.join(notes)}" if notes else text
         out.append(line.rstrip())
-    return "\n".join(out)
+    return out

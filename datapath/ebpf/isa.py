@@ -191,6 +191,18 @@ def decode(data: bytes) -> list[Insn]:
     return out
 
 
+def canonical(insn: Insn) -> Insn:
+    """The instruction as its encoding reads back: imm a signed 32-bit value
+    (0xFFFFFFFF and -1 are one encoding), off a signed 16-bit value. An
+    engine interprets the canonical form, never the spelling it was given."""
+    if insn.is_wide:
+        return insn
+    imm, off = _s32(insn.imm), _s16(insn.off)
+    if imm == insn.imm and off == insn.off:
+        return insn
+    return dataclasses.replace(insn, imm=imm, off=off)
+
+
 def slot_count(insns) -> int:
     return sum(i.slots for i in insns)
 

@@ -295,6 +295,8 @@ def packet_set() -> list[bytes]:
     opt = bytearray(pk.ipv4("10.0.1.5", "10.0.2.7", 17, pk.udp("10.0.1.5", "10.0.2.7", 9, 80)))
     opt = bytes([0x46]) + opt[1:20] + b"\x01\x01\x01\x00" + opt[20:]
     frames.append(pk.ethernet(opt, pk.ETH_P_IP))
-    full = frames[0]
-    frames += [full[:14], full[:30], full[:36]]
+    # Cut short after each header. test_run refuses an IPv4 or IPv6 frame
+    # whose IP header itself is incomplete, so the cuts start there.
+    v4, v6 = frames[0], frames[7]
+    frames += [v4[:34], v4[:36], v6[:54], v6[:56], pk.ethernet(b"", pk.ETH_P_ARP)]
     return frames

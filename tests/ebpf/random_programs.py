@@ -47,9 +47,14 @@ def alu_op(draw):
     name = draw(st.sampled_from(ALU_NAMES))
     wide = draw(st.booleans())
     dst = draw(scalar)
-    if name in ("lsh", "rsh", "arsh") and draw(st.booleans()):
-        # An immediate shift beyond the width is rejected by the verifier.
-        src = draw(st.integers(0, 63 if wide else 31))
+    if name in ("lsh", "rsh", "arsh"):
+        # An immediate shift beyond the width is rejected by the verifier;
+        # a register shift of any amount is masked at run time.
+        src = draw(st.one_of(scalar, st.integers(0, 63 if wide else 31)))
+    elif name in ("div", "sdiv", "mod", "smod"):
+        # Division by an immediate zero is rejected at load; by a register
+        # holding zero it is defined (RFC 9669) and must be compared.
+        src = draw(st.one_of(scalar, imm32.filter(lambda v: v & 0xFFFFFFFF)))
     else:
         src = draw(st.one_of(scalar, imm32))
     return ("alu", name, wide, dst, src)

@@ -21,17 +21,20 @@ pytestmark = [pytest.mark.kernel, pytest.mark.differential]
 
 # Enough examples for >= 500 distinct programs per run; deterministic in CI
 # so a failure reproduces.
-RANDOM_EXAMPLES = int(os.environ.get("TAILOR_DIFF_EXAMPLES", "400"))
-SHAPE_EXAMPLES = max(RANDOM_EXAMPLES // 16, 10)
-common = settings(deadline=None, derandomize=os.environ.get("CI") == "true",
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+RANDOM_EXAMPLES = int(os.environ.get("TAILOR_DIFF_EXAMPLES", "500"))
+SHAPE_EXAMPLES = max(RANDOM_EXAMPLES // 12, 10)
+
+
+def examples(n: int):
+    return settings(max_examples=n, deadline=None, derandomize=os.environ.get("CI") == "true",
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
 
 PACKETS = pp.packet_set()
 SHORT_PACKETS = [PACKETS[0], PACKETS[3], PACKETS[7], PACKETS[-1]]
 
 
-@common
-@settings(max_examples=RANDOM_EXAMPLES)
+@examples(RANDOM_EXAMPLES)
 @given(rp.programs())
 def test_random_programs(program):
     insns, _ops = program
@@ -41,8 +44,7 @@ def test_random_programs(program):
 ports = st.lists(st.integers(1, 65535), min_size=1, max_size=6, unique=True)
 
 
-@common
-@settings(max_examples=SHAPE_EXAMPLES)
+@examples(SHAPE_EXAMPLES)
 @given(ports.map(lambda p: p + [80]), st.sampled_from([6, 17, 132]))
 def test_port_filter(port_list, protocol):
     insns, specs = pp.port_filter(port_list, protocol)
@@ -50,8 +52,7 @@ def test_port_filter(port_list, protocol):
     assert {o.retval for o in outcomes} <= {0, 2}
 
 
-@common
-@settings(max_examples=SHAPE_EXAMPLES)
+@examples(SHAPE_EXAMPLES)
 @given(st.integers(0, 64), st.sampled_from([0, 1, 2, 0x10]), st.integers(0, 0xFFFFFFFF),
        st.booleans())
 def test_rewrite_and_redirect(ifindex, flags, mark, peer):
@@ -59,8 +60,7 @@ def test_rewrite_and_redirect(ifindex, flags, mark, peer):
     differential.compare(insns, PACKETS, specs)
 
 
-@common
-@settings(max_examples=SHAPE_EXAMPLES)
+@examples(SHAPE_EXAMPLES)
 @given(st.integers(0, 80), st.integers(0, 80), st.sampled_from([1, 2, 4, 8, 16, 32]),
        st.integers(0, 0xFFFFFFFF))
 def test_load_store_bytes_and_csum_diff(src_off, dst_off, length, seed):
@@ -72,8 +72,7 @@ prefix = st.tuples(st.sampled_from(["10.0.0.0", "10.0.1.0", "10.0.1.5", "192.168
                                     "10.9.0.0"]), st.integers(0, 32))
 
 
-@common
-@settings(max_examples=SHAPE_EXAMPLES)
+@examples(SHAPE_EXAMPLES)
 @given(st.dictionaries(prefix, st.integers(0, 1000), max_size=8))
 def test_lpm_lookup(prefixes):
     # 10.0.1.5/8 and 10.0.0.0/8 are one trie entry: give each prefix one spelling.

@@ -223,7 +223,7 @@ def _csum_diff(st, r1, r2, r3, r4, r5):
         return csum_from32to16(csum_partial(new, seed))
     if from_size:
         return csum_from32to16(~csum_partial(old, ~seed & M32) & M32)
-    return seed
+    return csum_from32to16(seed)      # observed: even the empty diff is folded
 
 
 def _redirect(st, r1, r2, r3, r4, r5):

@@ -16,8 +16,10 @@ Facts established on kernel 6.18 with BPF_PROG_TEST_RUN on sched_cls:
   other multicast (ff:ff:ff:ff:ff:ff included) -> MULTICAST (2), unicast ->
   OTHERHOST (3);
 - `len` = packet length; hash, queue_mapping, tc_index, vlan_*, napi_id,
-  tstamp, gso_* = 0; `wire_len` = 0 without ctx_in, = len with a ctx_in
-  whose wire_len is 0; packets shorter than 14 bytes -> EINVAL;
+  tstamp, gso_* = 0; `wire_len` = len when ctx_in or ctx_out is passed
+  (the kernel then converts a zeroed ctx) and 0 with neither; packets
+  shorter than 14 bytes, IPv4 without 20 and IPv6 without 40 header bytes
+  after Ethernet -> EINVAL;
 - ctx_in may only set mark, priority, ingress_ifindex, ifindex, cb[0..4],
   tstamp, wire_len (len <= wire_len <= 65536... else EINVAL), gso_segs,
   gso_size and hwtstamp; any other non-zero byte -> EINVAL. A shorter
@@ -138,6 +140,10 @@ class SkbContext:
         if len(packet) < ETH_HLEN:
             raise ValueError(f"packet of {len(packet)} bytes: test_run needs at least "
                              f"{ETH_HLEN} (EINVAL)")
+        need = {b"\x08\x00": 20, b"\x86\xdd": 40}.get(bytes(packet[12:14]), 0)
+        if len(packet) < ETH_HLEN + need:
+            raise ValueError(f"{len(packet)}-byte packet: test_run needs the whole "
+                             f"{need}-byte IP header after Ethernet (EINVAL)")
         cb = tuple(cb) + (0,) * (5 - len(cb))
         return cls(len=len(packet), pkt_type=pkt_type(packet, dev_addr, dev_broadcast),
                    protocol=eth_protocol(packet), mark=mark, priority=priority,
