@@ -297,6 +297,25 @@ class Builder:
         """Call a kernel helper. Clobbers r1-r5; result in r0."""
         self._emit(isa.Insn(isa.JMP | isa.CALL, 0, isa.CALL_HELPER, 0, int(helper)))
 
+    def map_lookup(self, name: str, key_off: int) -> None:
+        """r0 = map_lookup_elem(map `name`, key at r10 + key_off): a pointer
+        to the value, or 0. Clobbers r1-r5."""
+        self.ld_map(R1, name)
+        self.mov64(R2, R10)
+        self.add64(R2, key_off)
+        self.call(Helper.map_lookup_elem)
+
+    def map_update(self, name: str, key_off: int, value_off: int, flags: int = 0) -> None:
+        """r0 = map_update_elem(map `name`, key at r10 + key_off, value at
+        r10 + value_off, flags): 0 or a negative errno. Clobbers r1-r5."""
+        self.ld_map(R1, name)
+        self.mov64(R2, R10)
+        self.add64(R2, key_off)
+        self.mov64(R3, R10)
+        self.add64(R3, value_off)
+        self.mov64(R4, flags)
+        self.call(Helper.map_update_elem)
+
     def call_local(self, label: str) -> None:
         """bpf-to-bpf call of the subprogram at label."""
         self._emit(_Pending(isa.Insn(isa.JMP | isa.CALL, 0, isa.CALL_LOCAL), label, True, "call"))

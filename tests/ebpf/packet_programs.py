@@ -14,7 +14,7 @@ import struct
 from tailor.datapath import packets as pk
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10
 from tailor.datapath.ebpf.helper_ids import Helper, TcAct
-from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
+from tailor.datapath.ebpf.maps import BPF_NOEXIST, F_NO_PREALLOC, MapSpec, MapType
 
 SKB_DATA, SKB_DATA_END, SKB_MARK = 76, 80, 8
 
@@ -86,23 +86,14 @@ def port_filter(ports: list[int], protocol: int) -> tuple[list, list[MapSpec]]:
     b.lsh64(R1, 16)
     b.or64(R1, R9)
     b.store(4, R10, -4, R1)
-    b.ld_map(R1, "hits")
-    b.mov64(R2, R10)
-    b.add64(R2, -4)
-    b.call(Helper.map_lookup_elem)
+    b.map_lookup("hits", -4)
     b.jeq(R0, 0, "new")
     b.mov64(R1, 1)
     b.atomic(8, "add", R0, 0, R1)
     b.jump("done")
     b.label("new")
     b.store(8, R10, -24, 1)
-    b.ld_map(R1, "hits")
-    b.mov64(R2, R10)
-    b.add64(R2, -4)
-    b.mov64(R3, R10)
-    b.add64(R3, -24)
-    b.mov64(R4, 0)
-    b.call(Helper.map_update_elem)
+    b.map_update("hits", -4, -24)
     b.label("done")
     b.load(8, R0, R10, -16)
     b.exit()
@@ -211,10 +202,7 @@ def lpm_lookup(prefixes: dict[tuple[str, int], int]) -> tuple[list, list[MapSpec
     b.load(4, R5, R2, 26)
     b.store(4, R10, -8, 32)
     b.store(4, R10, -4, R5)
-    b.ld_map(R1, "routes")
-    b.mov64(R2, R10)
-    b.add64(R2, -8)
-    b.call(Helper.map_lookup_elem)
+    b.map_lookup("routes", -8)
     b.jeq(R0, 0, "none")
     b.load(4, R0, R0, 0)
     b.exit()
@@ -237,10 +225,7 @@ def conntrack(syn_only: bool) -> tuple[list, list[MapSpec]]:
     b.store(1, R10, -8, R7)
     b.store(2, R10, -6, R8)
     b.store(2, R10, -4, R9)
-    b.ld_map(R1, "ct")
-    b.mov64(R2, R10)
-    b.add64(R2, -8)
-    b.call(Helper.map_lookup_elem)
+    b.map_lookup("ct", -8)
     b.jeq(R0, 0, "miss")
     b.mov64(R1, 1)
     b.atomic(8, "add", R0, 0, R1, fetch=True)
@@ -259,13 +244,7 @@ def conntrack(syn_only: bool) -> tuple[list, list[MapSpec]]:
         b.ret(1)
         b.label("insert")
     b.store(8, R10, -16, 1)
-    b.ld_map(R1, "ct")
-    b.mov64(R2, R10)
-    b.add64(R2, -8)
-    b.mov64(R3, R10)
-    b.add64(R3, -16)
-    b.mov64(R4, 1)                        # BPF_NOEXIST
-    b.call(Helper.map_update_elem)
+    b.map_update("ct", -8, -16, BPF_NOEXIST)
     b.exit()                              # the helper's result: 0, or -EEXIST
     b.label("other")
     b.ret(2)

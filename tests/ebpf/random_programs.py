@@ -18,8 +18,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from tailor.datapath.ebpf import isa
-from tailor.datapath.ebpf.builder import Builder, Reg, R0, R1, R2, R6, R10
-from tailor.datapath.ebpf.helper_ids import Helper
+from tailor.datapath.ebpf.builder import Builder, Reg, R0, R1, R6, R10
 from tailor.datapath.ebpf.maps import MapSpec, MapType
 
 SCALARS = [Reg(i) for i in (0, 1, 2, 3, 4, 5, 7, 8, 9)]
@@ -183,10 +182,7 @@ def _epilogue(b: Builder) -> None:
     for j, reg in enumerate(SCALARS):
         b.store(8, R10, SPILL + 8 * j, reg)
     b.store(4, R10, KEY, 0)
-    b.ld_map(R1, "out")
-    b.mov64(R2, R10)
-    b.add64(R2, KEY)
-    b.call(Helper.map_lookup_elem)
+    b.map_lookup("out", KEY)
     b.jeq(R0, 0, "no_value")
     words = [SPILL + 8 * j for j in range(len(SCALARS))] + list(range(-SCRATCH, 0, 8))
     for j, off in enumerate(words):

@@ -55,24 +55,21 @@ def test_every_error_is_reported_at_once():
         assert part in text
 
 
-def test_jump_beyond_16_bits_is_an_error_but_gotol_reaches():
+def _far_jump(long: bool) -> Builder:
     b = Builder()
-    b.jump("far")
+    (b.jump_long if long else b.jump)("far")
     b.label("pad")
     for _ in range(0x8001):
         b.mov64(R0, 0)
     b.label("far")
     b.exit()
+    return b
+
+
+def test_jump_beyond_16_bits_is_an_error_but_gotol_reaches():
     with pytest.raises(AssemblyError, match="beyond a 16-bit offset"):
-        b.assemble()
-    b2 = Builder()
-    b2.jump_long("far")
-    b2.label("pad")
-    for _ in range(0x8001):
-        b2.mov64(R0, 0)
-    b2.label("far")
-    b2.exit()
-    assert b2.assemble()[0].imm == 0x8001
+        _far_jump(long=False).assemble()
+    assert _far_jump(long=True).assemble()[0].imm == 0x8001
 
 
 def test_annotations_tag_instructions_and_encoding_ignores_them():

@@ -155,6 +155,19 @@ def _csum_field_ptr(st, offset: int) -> int | None:
     return offset
 
 
+def _replace(field: int, old: int, new: int, width: int, replace2) -> int | None:
+    """The checksum field after replacing `old` by `new` (width 2 or 4 bytes),
+    or after adding a csum_diff result (width 0); None for a width the
+    helpers refuse."""
+    if width == 0:
+        return None if old else csum_replace_by_diff(field, new & M32)
+    if width == 2:
+        return replace2(field, old & 0xFFFF, new & 0xFFFF)
+    if width == 4:
+        return csum_replace4(field, old & M32, new & M32)
+    return None
+
+
 def _l3_csum_replace(st, r1, r2, r3, r4, r5):
     offset, old, new, flags = r2 & M32, r3, r4, r5
     if flags & ~BPF_F_HDR_FIELD_MASK:
@@ -163,16 +176,8 @@ def _l3_csum_replace(st, r1, r2, r3, r4, r5):
     if at is None:
         return -errno.EFAULT
     field = st.pkt[at] | st.pkt[at + 1] << 8
-    width = flags & BPF_F_HDR_FIELD_MASK
-    if width == 0:
-        if old:
-            return -errno.EINVAL
-        field = csum_replace_by_diff(field, new & M32)
-    elif width == 2:
-        field = csum_replace2(field, old & 0xFFFF, new & 0xFFFF)
-    elif width == 4:
-        field = csum_replace4(field, old & M32, new & M32)
-    else:
+    field = _replace(field, old, new, flags & BPF_F_HDR_FIELD_MASK, csum_replace2)
+    if field is None:
         return -errno.EINVAL
     st.pkt[at:at + 2] = field.to_bytes(2, "little")
     return 0
@@ -192,17 +197,9 @@ def _l4_csum_replace(st, r1, r2, r3, r4, r5):
         return 0   # UDP "no checksum": leave it alone
     # With CHECKSUM_NONE, inet_proto_csum_replace* is a plain replace whether
     # or not BPF_F_PSEUDO_HDR is set (the flag only matters for skb->csum).
-    width = flags & BPF_F_HDR_FIELD_MASK
-    if width == 0:
-        if old:
-            return -errno.EINVAL
-        field = csum_replace_by_diff(field, new & M32)
-    elif width == 2:
-        # inet_proto_csum_replace2 is replace4 on the zero-extended words
-        field = csum_replace4(field, old & 0xFFFF, new & 0xFFFF)
-    elif width == 4:
-        field = csum_replace4(field, old & M32, new & M32)
-    else:
+    # inet_proto_csum_replace2 is replace4 on the zero-extended words.
+    field = _replace(field, old, new, flags & BPF_F_HDR_FIELD_MASK, csum_replace4)
+    if field is None:
         return -errno.EINVAL
     if mangled0 and field == 0:
         field = CSUM_MANGLED_0

@@ -219,7 +219,7 @@ def _target(i, rel, slot_of, index_of):
 
 def _compile_one(insn, i, slot_of, index_of, st):
     r = st.r
-    c, d, s, off, imm = insn.code, insn.dst, insn.src, insn.off, insn.imm
+    c, d, s = insn.code, insn.dst, insn.src
     k = isa.cls(c)
     n = i + 1
     if d > 10 or s > 10:
@@ -396,6 +396,8 @@ def _compile_atomic(insn, n, st, size):
         if region.kind not in (STACK, MAP_VALUE):   # the verifier's rule
             raise Fault(f"atomic operation on {KIND_NAMES[region.kind]} memory is not allowed")
 
+    if imm == isa.ATOMIC_OPS["xchg"]:
+        fn, fetch = (lambda old, new: new), True
     if fn is not None:
         def f():
             addr = r[d] + off
@@ -404,15 +406,6 @@ def _compile_atomic(insn, n, st, size):
             mem.store(addr, size, fn(old, r[s] & mask) & mask)
             if fetch:
                 r[s] = old
-            return n
-        return f
-    if imm == isa.ATOMIC_OPS["xchg"]:
-        def f():
-            addr = r[d] + off
-            target(addr)
-            old = mem.load(addr, size)
-            mem.store(addr, size, r[s] & mask)
-            r[s] = old
             return n
         return f
     if imm == isa.ATOMIC_OPS["cmpxchg"]:
