@@ -10,16 +10,18 @@ How it behaves, and why:
 - Errors (undefined or duplicate label, jump out of range, bad operand) are
   collected and raised together by `assemble()`, so a compiler bug shows every
   mistake at once with the instruction that made it.
-- An instruction added right after an unconditional jump or exit, before any
-  label, can never run; it is dropped as it is added (the verifier would
-  reject it as unreachable).
-- `jumps` counts the conditional jumps emitted: each one doubles the paths
+- Code that can never run is dropped (the verifier rejects unreachable
+  instructions): at once when it follows an unconditional jump or exit with
+  no label between, and at assembly by walking the control flow from the
+  first instruction, so a label nothing jumps to revives nothing.
+- `jumps` counts the conditional jumps kept: each one doubles the paths
   the verifier may walk, so it is the program's complexity measure.
 - `annotate(text)` tags the instructions emitted inside it with the rule or
   feature that produced them (`Insn.comment`); the disassembler shows it.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 
@@ -54,9 +56,8 @@ class _Pending:
 class Builder:
     def __init__(self) -> None:
         self._insns: list[isa.Insn | _Pending] = []
-        self._slot = 0                        # slot index of the next instruction
-        self._slots: list[int] = []           # slot index of each entry in _insns
-        self._labels: dict[str, int] = {}     # label -> slot index
+        self._slot = 0                        # slots emitted so far
+        self._labels: dict[str, int] = {}     # label -> index of the entry it precedes
         self._reachable = True
         self._comment: str | None = None
         self._errors: list[str] = []
@@ -75,7 +76,7 @@ class Builder:
         if name in self._labels:
             self._errors.append(f"label {name!r} defined twice")
             return
-        self._labels[name] = self._slot
+        self._labels[name] = len(self._insns)
         self._reachable = True
 
     def has_label(self, name: str) -> bool:
@@ -83,7 +84,8 @@ class Builder:
 
     @property
     def slots(self) -> int:
-        """Slots emitted so far (a LD_IMM64 counts two)."""
+        """Slots emitted so far (a LD_IMM64 counts two), before dead code is
+        pruned at assembly."""
         return self._slot
 
     # --- emission ----------------------------------------------------------
@@ -96,7 +98,6 @@ class Builder:
             elif insn.comment is None:
                 insn = dataclasses.replace(insn, comment=self._comment)
         self._insns.append(insn)
-        self._slots.append(self._slot)
         self._slot += (insn.insn if isinstance(insn, _Pending) else insn).slots
 
     def raw(self, insn: isa.Insn) -> None:
@@ -277,7 +278,6 @@ class Builder:
             return
         klass = isa.JMP if wide else isa.JMP32
         bit, sreg, imm = self._operand(cond, src)
-        self.jumps += 1
         self._emit(_Pending(isa.Insn(klass | _COND[cond] | bit, self._reg(cond, dst), sreg, 0, imm),
                             label, False, cond))
 
@@ -331,27 +331,106 @@ class Builder:
 
     # --- assembly -----------------------------------------------------------
     def assemble(self) -> list[isa.Insn]:
-        """Resolve labels; raise one AssemblyError listing every problem."""
+        """Prune unreachable code, resolve labels; raise one AssemblyError
+        listing every problem."""
         errors = list(self._errors)
+        for entry in self._insns:
+            if isinstance(entry, _Pending) and entry.label not in self._labels:
+                errors.append(f"{entry.where}: undefined label {entry.label!r}")
+        if errors:
+            raise AssemblyError("program does not assemble:\n  " + "\n  ".join(errors))
+        keep = self._reachable_entries()
+        # Each kept entry's slot, and where each label lands after pruning.
+        slot_of, slot = {}, 0
+        for i in keep:
+            slot_of[i] = slot
+            entry = self._insns[i]
+            slot += (entry.insn if isinstance(entry, _Pending) else entry).slots
+        landing = self._landing(keep)
+
+        def label_slot(name: str) -> int:
+            target = landing(name)
+            return slot if target is None else slot_of[target]
+
         out: list[isa.Insn] = []
-        for entry, slot in zip(self._insns, self._slots):
+        self.jumps = 0
+        for i in keep:
+            entry = self._insns[i]
             if not isinstance(entry, _Pending):
                 out.append(entry)
                 continue
-            target = self._labels.get(entry.label)
-            if target is None:
-                errors.append(f"{entry.where} at slot {slot}: undefined label {entry.label!r}")
-                out.append(entry.insn)
-                continue
-            delta = target - slot - 1
+            if entry.where not in ("goto", "gotol", "call"):
+                self.jumps += 1
+            delta = label_slot(entry.label) - slot_of[i] - 1
             if entry.wide:
                 out.append(dataclasses.replace(entry.insn, imm=delta))
             elif -0x8000 <= delta <= 0x7FFF:
                 out.append(dataclasses.replace(entry.insn, off=delta))
             else:
-                errors.append(f"{entry.where} at slot {slot}: label {entry.label!r} is "
+                errors.append(f"{entry.where} at slot {slot_of[i]}: label {entry.label!r} is "
                               f"{delta} slots away, beyond a 16-bit offset")
-                out.append(entry.insn)
         if errors:
             raise AssemblyError("program does not assemble:\n  " + "\n  ".join(errors))
         return out
+
+    def _reachable_entries(self) -> list[int]:
+        """Indices of the entries kept: those control can reach from the
+        first one, after threading jumps to jumps and dropping jumps to the
+        next instruction. A raw jump (numeric offset) cannot be followed by
+        label, so with one present nothing is pruned or threaded."""
+        n = len(self._insns)
+        for entry in self._insns:
+            if (isinstance(entry, isa.Insn) and isa.cls(entry.code) in (isa.JMP, isa.JMP32)
+                    and isa.op(entry.code) not in (isa.CALL, isa.EXIT)):
+                return list(range(n))
+        keep = list(range(n))
+        while True:
+            landing = self._landing(keep)
+            self._thread(landing)
+            pruned = self._walk(keep, landing)
+            pruned = [i for k, i in enumerate(pruned)
+                      if not (self._is_goto(i) and landing(self._insns[i].label)
+                              == (pruned[k + 1] if k + 1 < len(pruned) else None))]
+            if pruned == keep:
+                return keep
+            keep = pruned
+
+    def _is_goto(self, i: int) -> bool:
+        entry = self._insns[i]
+        return isinstance(entry, _Pending) and entry.where in ("goto", "gotol")
+
+    def _landing(self, keep: list[int]):
+        """label -> index of the first kept entry at or after it (None: the end)."""
+        def land(name: str) -> int | None:
+            k = bisect.bisect_left(keep, self._labels[name])
+            return keep[k] if k < len(keep) else None
+        return land
+
+    def _thread(self, landing) -> None:
+        """A jump whose target is an unconditional jump goes straight on."""
+        for entry in self._insns:
+            if not isinstance(entry, _Pending) or entry.where == "call":
+                continue
+            seen = set()
+            target = landing(entry.label)
+            while target is not None and self._is_goto(target) and target not in seen:
+                seen.add(target)
+                entry.label = self._insns[target].label
+                target = landing(entry.label)
+
+    def _walk(self, keep: list[int], landing) -> list[int]:
+        after = {i: (keep[k + 1] if k + 1 < len(keep) else None) for k, i in enumerate(keep)}
+        seen, todo = set(), [keep[0]] if keep else []
+        while todo:
+            i = todo.pop()
+            if i is None or i in seen:
+                continue
+            seen.add(i)
+            entry = self._insns[i]
+            if isinstance(entry, _Pending):
+                todo.append(landing(entry.label))
+                if entry.where not in ("goto", "gotol"):
+                    todo.append(after[i])
+            elif not (isa.cls(entry.code) == isa.JMP and isa.op(entry.code) == isa.EXIT):
+                todo.append(after[i])
+        return sorted(seen)

@@ -31,13 +31,18 @@ def test_register_and_immediate_operands_differ_by_type():
     assert (c.code, c.src, c.imm) == (isa.ALU64 | isa.ADD | isa.K, 0, 2)
 
 
-def test_code_after_exit_is_dropped_until_a_label():
+def test_code_after_exit_is_dropped_until_a_label_that_is_jumped_to():
     b = Builder()
+    b.jeq(R1, 0, "next")
     b.ret(1)
-    b.mov64(R0, 7)                    # unreachable: dropped
+    b.mov64(R0, 7)                    # unreachable: dropped as added
     b.label("next")
     b.ret(2)
-    assert [i.imm for i in b.assemble() if i.code == isa.ALU64 | isa.MOV] == [1, 2]
+    b.label("orphan")                 # nothing jumps here: pruned at assembly
+    b.ret(3)
+    insns = b.assemble()
+    assert [i.imm for i in insns if i.code == isa.ALU64 | isa.MOV] == [1, 2]
+    assert insns[0].off == 2
 
 
 def test_every_error_is_reported_at_once():
@@ -57,6 +62,7 @@ def test_every_error_is_reported_at_once():
 
 def _far_jump(long: bool) -> Builder:
     b = Builder()
+    b.jeq(R1, 0, "pad")
     (b.jump_long if long else b.jump)("far")
     b.label("pad")
     for _ in range(0x8001):
@@ -69,7 +75,7 @@ def _far_jump(long: bool) -> Builder:
 def test_jump_beyond_16_bits_is_an_error_but_gotol_reaches():
     with pytest.raises(AssemblyError, match="beyond a 16-bit offset"):
         _far_jump(long=False).assemble()
-    assert _far_jump(long=True).assemble()[0].imm == 0x8001
+    assert _far_jump(long=True).assemble()[1].imm == 0x8001
 
 
 def test_annotations_tag_instructions_and_encoding_ignores_them():

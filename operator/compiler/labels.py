@@ -1,0 +1,61 @@
+"""Label names for emitted programs, made in one place so that no two
+emitters can collide on an ad-hoc string. Called by the emitters."""
+from __future__ import annotations
+
+ALLOW = "allow"
+DROP = "drop"
+ARP = "arp"
+
+
+def family(f: int) -> str:
+    return f"ipv{f}"
+
+
+def family_ports(f: int) -> str:
+    return f"ipv{f}_ports"
+
+
+def family_l4(f: int) -> str:
+    return f"ipv{f}_l4"
+
+
+def family_parsed(f: int) -> str:
+    return f"ipv{f}_parsed"
+
+
+def family_allow(f: int) -> str:
+    """Allowed by policy: connection tracking records it, then allow."""
+    return f"ipv{f}_allow"
+
+
+def family_reply(f: int) -> str:
+    return f"ipv{f}_reply"
+
+
+def policy(f: int) -> str:
+    return f"ipv{f}_policy"
+
+
+def tier(f: int, index: int) -> str:
+    return f"ipv{f}_tier{index}"
+
+
+def rule(f: int, tier_index: int, rule_index: int, part: str) -> str:
+    """part: 'ports' (peers matched), 'next' (the following rule)."""
+    return f"ipv{f}_t{tier_index}_r{rule_index}_{part}"
+
+
+def alternative(f: int, tier_index: int, rule_index: int, kind: str, index: int) -> str:
+    return f"ipv{f}_t{tier_index}_r{rule_index}_{kind}{index}"
+
+
+def spoof_ok(f: int) -> str:
+    return f"ipv{f}_source_ok"
+
+
+def lookup_found(f: int, what: str) -> str:
+    return f"ipv{f}_{what}_found"
+
+
+def lookup_done(f: int, what: str) -> str:
+    return f"ipv{f}_{what}_done"

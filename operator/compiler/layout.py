@@ -1,0 +1,130 @@
+"""The contract between compiled programs and their maps: map names and
+specs, key and value layouts, the stack frame, the __sk_buff offsets and the
+register plan. Pure.
+
+Called by the emitters (`parse`, `rules`, `conntrack`, `program`,
+`generic`), by `mapdata` (which packs map contents in these layouts) and by
+the datapath (which creates the node-wide maps and fills the per-pod ones).
+
+Register plan, for every program tailor emits:
+    r6  the __sk_buff context, for the whole program
+    r7  the IP protocol number (TCP 6, UDP 17, SCTP 132, ...)
+    r8  the destination port in host order, 0 when the packet has none
+    r9  pointer to the peer-group bitmap of the remote address (a map value,
+        or the zeroed stack area when the address is in no group)
+    r1-r5 scratch, clobbered by every helper call; r0 the result
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import struct
+
+from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
+from tailor.operator.compiler.spec import EGRESS, INGRESS
+
+# __sk_buff field offsets (uapi/linux/bpf.h).
+SKB_LEN, SKB_MARK, SKB_PROTOCOL, SKB_IFINDEX = 0, 8, 16, 40
+SKB_DATA, SKB_DATA_END = 76, 80
+
+ETH_HLEN = 14
+ETH_P_IP_LE = 0x0008       # 0x0800 as a little-endian u16 load of network bytes
+ETH_P_IPV6_LE = 0xDD86
+ETH_P_ARP_LE = 0x0608
+
+# Direction flags in connection-tracking keys: which program made the entry.
+CT_DIR = {EGRESS: 1, INGRESS: 2}
+
+# Node-wide connection tracking, shared by every pod's programs on a node.
+CT4 = MapSpec("ct4", MapType.LRU_HASH, 16, 8, 65536)
+CT6 = MapSpec("ct6", MapType.LRU_HASH, 40, 8, 65536)
+CT_MAPS = {4: CT4, 6: CT6}
+
+# Per pod and direction: remote address -> peer-group bitmap (u32 words).
+PEER_CAPACITY = 65536
+
+
+def peer_map(family: int, words: int) -> MapSpec:
+    return MapSpec(f"peers{family}", MapType.HASH, 4 if family == 4 else 16, 4 * words,
+                   PEER_CAPACITY, F_NO_PREALLOC)
+
+
+# Per pod, egress: (remote address, port, protocol) -> named-port slot bitmap.
+NAMED_PORT_SLOTS = 32
+
+
+def named_port_map(family: int) -> MapSpec:
+    return MapSpec(f"nports{family}", MapType.HASH, 8 if family == 4 else 20, 4,
+                   PEER_CAPACITY, F_NO_PREALLOC)
+
+
+# The zeroed bitmap shares the 512-byte stack with the keys (120 bytes).
+MAX_GROUP_WORDS = 96
+
+
+def words_for(groups: int) -> int:
+    return max(1, (groups + 31) // 32)
+
+
+# --- stack frame -------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """Stack offsets (from r10). The connection key of the packet is built
+    once; its address fields double as the peer-map keys.
+
+    ct key, IPv4 (16 bytes): saddr 4, daddr 4, sport 2, dport 2 (network
+    order), proto 1, dir 1, pad 2. IPv6 (40 bytes): saddr 16, daddr 16, then
+    the same 8-byte tail."""
+    key: int          # this packet's connection key
+    rkey: int         # the reverse key a reply to it would carry
+    np_key: int       # named-port lookup key
+    np_bits: int      # u32: named-port slots the remote matches
+    ct_value: int     # u64 written into new connection entries
+    zero: int         # zeroed peer bitmap for addresses in no group
+
+    @staticmethod
+    def plan(words: int) -> "Frame":
+        zero = -(40 + 40 + 24 + 8 + 8 + 4 * words + 7) // 8 * 8
+        return Frame(key=-40, rkey=-80, np_key=-104, np_bits=-112, ct_value=-120,
+                     zero=zero)
+
+
+def addr_len(family: int) -> int:
+    return 4 if family == 4 else 16
+
+
+def key_fields(family: int) -> dict[str, int]:
+    """Offsets within a connection key."""
+    a = addr_len(family)
+    return {"saddr": 0, "daddr": a, "sport": 2 * a, "dport": 2 * a + 2,
+            "proto": 2 * a + 4, "dir": 2 * a + 5}
+
+
+# --- packing map contents ---------------------------------------------------
+def pack_addr(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
+
+
+def pack_bitmap(bits, words: int) -> bytes:
+    out = [0] * words
+    for b in bits:
+        out[b // 32] |= 1 << (b % 32)
+    return struct.pack(f"<{words}I", *out)
+
+
+def pack_named_port_key(address: str, port: int, protocol: int) -> bytes:
+    return pack_addr(address) + struct.pack("!HBx", port, protocol)
+
+
+def pack_ct_key(family: int, saddr: str, daddr: str, sport: int, dport: int, proto: int,
+                direction: str) -> bytes:
+    return (pack_addr(saddr) + pack_addr(daddr)
+            + struct.pack("!HHBBxx", sport, dport, proto, CT_DIR[direction]))
+
+
+def unpack_ct_key(family: int, key: bytes) -> tuple:
+    a = addr_len(family)
+    sport, dport, proto, d = struct.unpack_from("!HHBB", key, 2 * a)
+    direction = {v: k for k, v in CT_DIR.items()}.get(d, "?")
+    return (str(ipaddress.ip_address(key[:a])), str(ipaddress.ip_address(key[a:2 * a])),
+            sport, dport, proto, direction)

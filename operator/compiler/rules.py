@@ -1,0 +1,132 @@
+"""Emits one direction's policy for one address family: the tier ladder
+ANP -> NetworkPolicy -> BANP -> default allow, each rule as peer compares
+then port compares. Called by `compiler.program`.
+
+Expects the register plan of `layout`: r7 protocol, r8 destination port,
+r9 the remote address's peer-group bitmap. Every rule becomes straight-line
+compares: a rule naming two ports costs two port compares (and one protocol
+compare), a /24 ipBlock two instructions, a selector peer one load and one
+bit test. Nothing is looked up that the rules do not use.
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+from tailor.datapath.ebpf.builder import Builder, R1, R7, R8, R9, R10
+from tailor.operator.compiler import labels
+from tailor.operator.compiler.spec import (ANY_PEER, Action, Cidr, Direction, Group, NamedPort,
+                                           PortRange, Rule, TierKind)
+
+
+def emit(b: Builder, direction: Direction, family: int, *, remote: int, np_bits: int) -> None:
+    """`remote` is the stack offset of the remote address (network order);
+    `np_bits` the stack offset of the named-port bitmap (egress only)."""
+    allow, deny = labels.family_allow(family), labels.DROP
+    tiers = direction.tiers
+    for ti, tier in enumerate(tiers):
+        b.label(labels.tier(family, ti))
+        after = labels.tier(family, ti + 1)
+        targets = {Action.ALLOW: allow, Action.DENY: deny, Action.PASS: after}
+        for ri, rule in enumerate(tier.rules):
+            with b.annotate(rule.source):
+                _rule(b, rule, family, ti, ri, targets[rule.action], remote, np_bits)
+        if tier.kind is TierKind.NETWORK:
+            # Isolated by NetworkPolicy and no rule allowed it.
+            with b.annotate("NetworkPolicy: isolated, no rule allows"):
+                b.jump(deny)
+    b.label(labels.tier(family, len(tiers)))
+    with b.annotate("no tier decided: allow"):
+        b.jump(allow)
+
+
+def applicable_peers(rule: Rule, family: int) -> list:
+    """The rule's peers that can match an address of `family`."""
+    return [p for p in rule.peers
+            if not isinstance(p, Cidr) or ipaddress.ip_network(p.cidr).version == family]
+
+
+def _rule(b: Builder, rule: Rule, family: int, ti: int, ri: int, target: str,
+          remote: int, np_bits: int) -> None:
+    peers = applicable_peers(rule, family)
+    if not peers or (rule.ports is not None and not rule.ports):
+        return                                   # cannot match in this family
+    ports_label = labels.rule(family, ti, ri, "ports")
+    next_rule = labels.rule(family, ti, ri, "next")
+    if ANY_PEER not in peers:
+        for pi, peer in enumerate(peers):
+            miss = labels.alternative(family, ti, ri, "peer", pi)
+            if isinstance(peer, Group):
+                b.load(4, R1, R9, 4 * (peer.index // 32))
+                b.jump_if("jset", R1, 1 << (peer.index % 32), ports_label, wide=False)
+            else:
+                _cidr(b, peer, remote, miss, ports_label,
+                      lambda ei: labels.alternative(family, ti, ri, f"peer{pi}_except", ei))
+            b.label(miss)
+        b.jump(next_rule)
+    b.label(ports_label)
+    if rule.ports is None:
+        b.jump(target)
+    else:
+        _ports(b, rule.ports, family, ti, ri, target, np_bits)
+    b.label(next_rule)
+
+
+def _ports(b: Builder, ports, family: int, ti: int, ri: int, target: str, np_bits: int) -> None:
+    """One protocol compare per protocol, then one compare per single port
+    and two per range."""
+    ordered = sorted(ports, key=lambda p: (p.protocol, isinstance(p, NamedPort)))
+    for gi, (protocol, group) in enumerate(itertools.groupby(ordered, key=lambda p: p.protocol)):
+        other = labels.alternative(family, ti, ri, "proto", gi)
+        b.jne(R7, protocol, other)
+        for pi, port in enumerate(group):
+            if isinstance(port, PortRange):
+                if port.lo == port.hi:
+                    b.jeq(R8, port.lo, target)
+                elif port.lo == 1 and port.hi == 65535:
+                    b.jump(target)             # the protocol with every port
+                else:
+                    miss = labels.alternative(family, ti, ri, f"p{gi}_", pi)
+                    b.jlt(R8, port.lo, miss)
+                    b.jle(R8, port.hi, target)
+                    b.label(miss)
+            else:
+                b.load(4, R1, R10, np_bits)
+                b.jump_if("jset", R1, 1 << port.slot, target, wide=False)
+        b.label(other)
+
+
+def _words(network) -> list[tuple[int, int, int]]:
+    """(byte offset, mask, value) per 32-bit word the prefix constrains, as
+    little-endian loads of network-order bytes see them."""
+    out = []
+    net, mask = network.network_address.packed, network.netmask.packed
+    for off in range(0, len(net), 4):
+        m = int.from_bytes(mask[off:off + 4], "little")
+        if m:
+            out.append((off, m, int.from_bytes(net[off:off + 4], "little")))
+    return out
+
+
+def _compare(b: Builder, words, remote: int, miss: str) -> None:
+    """Fall through when every constrained word matches, else go to miss."""
+    for off, mask, value in words:
+        b.load(4, R1, R10, remote + off)
+        if mask != 0xFFFFFFFF:
+            b.and32(R1, mask)
+        b.jump_if("jne", R1, value, miss, wide=False)
+
+
+def _cidr(b: Builder, peer: Cidr, remote: int, miss: str, hit: str, except_label) -> None:
+    _compare(b, _words(ipaddress.ip_network(peer.cidr)), remote, miss)
+    for ei, excluded in enumerate(peer.excepts):
+        not_this = except_label(ei)
+        words = _words(ipaddress.ip_network(excluded))
+        if not words:                              # except 0.0.0.0/0: nothing left
+            b.jump(miss)
+            b.label(not_this)
+            continue
+        _compare(b, words, remote, not_this)
+        b.jump(miss)
+        b.label(not_this)
+    b.jump(hit)
