@@ -12,7 +12,7 @@ interval between boundaries, never by walking 65535 ports.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.ports import MAX_PORT, MIN_PORT, PROTOCOLS, PortMatch
@@ -20,13 +20,17 @@ from tailor.operator.cluster.state import ClusterState
 from tailor.operator.policy import endpoints, evaluate
 
 Ranges = list[tuple[int, int]]
+# (source pod, destination pod, protocol, port) -> allowed? A datapath that
+# answers by running its programs plugs in here instead of the model.
+Judge = Callable[[Pod, Pod, str, int], bool]
 
 
-def connectivity(state: ClusterState) -> list[dict]:
+def connectivity(state: ClusterState, judge: Judge | None = None) -> list[dict]:
     """For every ordered pair of distinct pods and each protocol, the allowed
     destination ports; pairs with nothing allowed are left out. Entries follow
     the JSON contract: {"src": "ns/name[Kind]", "dst": ..., "protocol": "TCP",
-    "ports": "1-79,81-65535"}, sorted by src, dst, protocol order."""
+    "ports": "1-79,81-65535"}, sorted by src, dst, protocol order. `judge`
+    decides each probed port (default: the model)."""
     bounds = {protocol: boundaries(state, protocol) for protocol in PROTOCOLS}
     found = []
     pods = state.sorted_pods()
@@ -35,7 +39,8 @@ def connectivity(state: ClusterState) -> list[dict]:
             if src is dst or endpoints.common_family(src, dst) is None:
                 continue
             for protocol in PROTOCOLS:
-                ranges = allowed_ports(state, src, dst, protocol, _boundaries=bounds[protocol])
+                ranges = allowed_ports(state, src, dst, protocol, _boundaries=bounds[protocol],
+                                       judge=judge)
                 if ranges:
                     found.append({"src": src.ref, "dst": dst.ref, "protocol": protocol,
                                   "ports": format_ranges(ranges)})
@@ -43,7 +48,8 @@ def connectivity(state: ClusterState) -> list[dict]:
 
 
 def allowed_ports(state: ClusterState, src: Pod | str, dst: Pod | str, protocol: str,
-                  family: int | None = None, _boundaries: set[int] | None = None) -> Ranges:
+                  family: int | None = None, _boundaries: set[int] | None = None,
+                  judge: Judge | None = None) -> Ranges:
     """The destination ports, as sorted disjoint inclusive ranges, on which a
     `protocol` connection from `src` to `dst` is allowed."""
     src_end, dst_end = endpoints.pair(state, src, dst, family)
@@ -56,7 +62,11 @@ def allowed_ports(state: ClusterState, src: Pod | str, dst: Pod | str, protocol:
     ranges: Ranges = []
     for i, start in enumerate(starts):
         end = starts[i + 1] - 1 if i + 1 < len(starts) else MAX_PORT
-        if evaluate.judge(state, src_end, dst_end, protocol, start).allowed:
+        if judge is not None:
+            allowed = judge(src_end.pod, dst_end.pod, protocol, start)
+        else:
+            allowed = evaluate.judge(state, src_end, dst_end, protocol, start).allowed
+        if allowed:
             if ranges and ranges[-1][1] == start - 1:
                 ranges[-1] = (ranges[-1][0], end)
             else:

@@ -1,0 +1,191 @@
+"""Tracing flows through compiled pod programs: one node's programs and maps
+held by an engine (the userspace VM, or the kernel through
+BPF_PROG_TEST_RUN), and a packet walked through them the way the datapath
+would walk it.
+
+Called by `tailor connectivity --datapath emulated|kernel`, by the emulated
+backend's Trace, and by the tests that check compiled programs against the
+model. It never consults the policy model: the answer is what the programs
+return.
+
+A connection from pod S to pod D is allowed when four program runs pass:
+S's egress program and D's ingress program on the first packet, then D's
+egress and S's ingress on the reply — the reply passes only through the
+connection state the first two runs left in the node-wide maps.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from tailor.datapath import packets as pk
+from tailor.datapath.ebpf.helper_ids import TcAct
+from tailor.operator.compiler import layout, mapdata
+from tailor.operator.compiler.program import PodPrograms
+from tailor.operator.compiler.spec import EGRESS, INGRESS, ProgramSpec
+
+PASSING = (TcAct.OK, TcAct.REDIRECT)
+CLIENT_PORT = 40000
+
+
+class VmEngine:
+    """Programs run in the userspace VM."""
+    name = "emulated"
+
+    def __init__(self):
+        from tailor.datapath.ebpf import vm
+        self._vm = vm
+
+    def create_map(self, spec):
+        return self._vm.VmMap.create(spec)
+
+    def load(self, insns, maps, name: str):
+        return self._vm.Program(list(insns), maps)
+
+    def run(self, loaded, packet: bytes) -> tuple[int, bytes]:
+        result = loaded.run(packet, ktime_ns=1)
+        return result.retval, result.packet
+
+    def close(self, obj) -> None:
+        pass
+
+
+class KernelEngine:
+    """Programs loaded into the kernel, run with BPF_PROG_TEST_RUN."""
+    name = "kernel"
+
+    def __init__(self):
+        from tailor.datapath.ebpf import kernel
+        self._kernel = kernel
+
+    def create_map(self, spec):
+        return self._kernel.KernelMap.create(spec)
+
+    def load(self, insns, maps, name: str):
+        return self._kernel.KernelProgram.load(list(insns), maps, name=name)
+
+    def run(self, loaded, packet: bytes) -> tuple[int, bytes]:
+        result = loaded.test_run(packet)
+        return result.retval, result.data
+
+    def close(self, obj) -> None:
+        obj.close()
+
+
+def engine(name: str):
+    if name == "emulated":
+        return VmEngine()
+    if name == "kernel":
+        return KernelEngine()
+    raise ValueError(f"unknown datapath engine {name!r}: emulated or kernel")
+
+
+@dataclasses.dataclass
+class Step:
+    pod: str
+    direction: str
+    retval: int
+
+    @property
+    def passed(self) -> bool:
+        return self.retval in PASSING
+
+
+@dataclasses.dataclass
+class Trace:
+    flow: pk.Flow
+    steps: list[Step]
+
+    @property
+    def allowed(self) -> bool:
+        return len(self.steps) == 4 and all(s.passed for s in self.steps)
+
+
+@dataclasses.dataclass
+class _Pod:
+    spec: ProgramSpec
+    programs: PodPrograms
+    loaded: dict[str, object]
+    maps: list[object]
+    mac: bytes
+
+
+class Node:
+    """One node's worth of pods: their programs loaded in `engine` against
+    the node-wide connection-tracking maps and their own peer maps."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.ct = {f: engine.create_map(spec) for f, spec in layout.CT_MAPS.items()}
+        self.pods: dict[str, _Pod] = {}
+
+    def add(self, spec: ProgramSpec, programs: PodPrograms) -> None:
+        entries = mapdata.entries(spec)
+        loaded, owned = {}, []
+        try:
+            for direction in (INGRESS, EGRESS):
+                program = programs.program(direction)
+                maps = {}
+                for mspec in program.maps:
+                    if mspec.name in ("ct4", "ct6"):
+                        maps[mspec.name] = self.ct[int(mspec.name[-1])]
+                        continue
+                    m = self.engine.create_map(mspec)
+                    owned.append(m)
+                    for key, value in entries[direction].get(mspec.name, {}).items():
+                        m.update(key, value)
+                    maps[mspec.name] = m
+                loaded[direction] = self.engine.load(program.insns, maps,
+                                                     f"{direction[:2]}_{len(self.pods)}")
+                owned.append(loaded[direction])
+        except BaseException:
+            for obj in owned:
+                self.engine.close(obj)
+            raise
+        mac = bytes([0x02, 0, 0, 0, len(self.pods) >> 8 & 0xFF, len(self.pods) & 0xFF])
+        self.pods[spec.pod] = _Pod(spec, programs, loaded, owned, mac)
+
+    def reset_conntrack(self) -> None:
+        for m in self.ct.values():
+            for key in list(m.keys()):
+                m.delete(key)
+
+    def _run(self, pod: _Pod, direction: str, frame: bytes) -> tuple[Step, bytes]:
+        retval, out = self.engine.run(pod.loaded[direction], frame)
+        return Step(pod.spec.pod, direction, retval), out
+
+    def trace(self, src: str, dst: str, flow: pk.Flow) -> Trace:
+        """Walk a connection's first packet and its reply through the programs."""
+        s, d = self.pods[src], self.pods[dst]
+        steps: list[Step] = []
+        syn = pk.TCP_SYN
+        frame = pk.frame(flow, tcp_flags=syn, src_mac=s.mac, dst_mac=d.mac)
+        for pod, direction in ((s, EGRESS), (d, INGRESS)):
+            step, frame = self._run(pod, direction, frame)
+            steps.append(step)
+            if not step.passed:
+                return Trace(flow, steps)
+        reply = pk.frame(flow.reply(), tcp_flags=syn | pk.TCP_ACK, src_mac=d.mac, dst_mac=s.mac)
+        for pod, direction in ((d, EGRESS), (s, INGRESS)):
+            step, reply = self._run(pod, direction, reply)
+            steps.append(step)
+            if not step.passed:
+                break
+        return Trace(flow, steps)
+
+    def close(self) -> None:
+        for pod in self.pods.values():
+            for obj in pod.maps:
+                self.engine.close(obj)
+        for m in self.ct.values():
+            self.engine.close(m)
+        self.pods.clear()
+
+
+def flow_between(src: ProgramSpec, dst: ProgramSpec, protocol: str, port: int) -> pk.Flow | None:
+    """The flow a client in `src` opens to `dst`: over IPv4 when both have it,
+    else IPv6; None when they share no family."""
+    for a, b in ((src.ipv4, dst.ipv4), (src.ipv6, dst.ipv6)):
+        if a and b:
+            return pk.Flow(a, b, protocol, CLIENT_PORT, port)
+    return None
+
