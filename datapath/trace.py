@@ -118,8 +118,12 @@ class Node:
         self.ct = {f: engine.create_map(spec) for f, spec in layout.CT_MAPS.items()}
         self.pods: dict[str, _Pod] = {}
 
-    def add(self, spec: ProgramSpec, programs: PodPrograms) -> None:
-        entries = mapdata.entries(spec)
+    def add(self, spec: ProgramSpec, programs: PodPrograms, entries=None) -> None:
+        """Load a pod's two programs with its own maps filled from `entries`
+        ({direction: {map name: {key: value}}}; default: the specialised
+        programs' map data)."""
+        if entries is None:
+            entries = mapdata.entries(spec)
         loaded, owned = {}, []
         try:
             for direction in (INGRESS, EGRESS):

@@ -59,3 +59,7 @@ def lookup_found(f: int, what: str) -> str:
 
 def lookup_done(f: int, what: str) -> str:
     return f"ipv{f}_{what}_done"
+
+
+def generic(f: int, part: str) -> str:
+    return f"generic{f}_{part}"

@@ -1,0 +1,293 @@
+"""Properties of the compiled programs over random clusters (hypothesis):
+
+a. the VM's verdict for a connection equals the model's, on every pair of
+   pods, every protocol and every port boundary the policies and the
+   destination's declared ports imply (and one either side of each);
+b. the same for the kernel (BPF_PROG_TEST_RUN), with fewer clusters;
+c. the whole connectivity table computed by running the VM equals the model's;
+d. compiling is deterministic (same state, or the same manifests in another
+   order: same bytes, hashes and map contents), and peer churn (a pod added,
+   relabelled or deleted) changes other pods' map entries for that pod's
+   addresses only, never their programs;
+e. specialisation: a pod no policy selects has no policy, conntrack or maps
+   and fewer instructions than the same pod isolated; the address families
+   compiled in are exactly the pod's.
+
+Clusters come from cluster_strategies; see there for the vocabularies.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import itertools
+import os
+
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+import cluster_strategies as cs
+from tailor.datapath import trace
+from tailor.operator import policy
+from tailor.operator.cluster.ports import MAX_PORT, MIN_PORT, PROTOCOLS
+from tailor.operator.cluster.state import ClusterState
+from tailor.operator.compiler import build, mapdata, program
+from tailor.operator.compiler.spec import Direction, Tier, TierKind
+from tailor.operator.errors import ManifestError
+from tailor.operator.policy import endpoints, reachability
+
+CI = os.environ.get("CI") == "true"
+# A longer hunt: TAILOR_PROPERTY_SCALE=20 runs twenty times the examples.
+SCALE = float(os.environ.get("TAILOR_PROPERTY_SCALE", "1"))
+
+
+def examples(n: int):
+    return settings(max_examples=max(1, int(n * SCALE)), deadline=None, derandomize=CI, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --- helpers ------------------------------------------------------------------------------
+def load(cluster: cs.Cluster, extra=()) -> ClusterState:
+    """The cluster's state; a manifest the loader rejects is a strategy bug
+    to fix, so it is assumed away (and counted) rather than failed."""
+    try:
+        return cluster.state(list(extra))
+    except ManifestError as exc:
+        event(f"rejected by the loader: {exc}")
+        assume(False)
+        raise
+
+
+@contextlib.contextmanager
+def loaded(state: ClusterState, engine: str):
+    """Every pod compiled and loaded into one node of `engine`."""
+    built = build.build(state)
+    node = trace.Node(trace.engine(engine))
+    try:
+        for b in built.values():
+            node.add(b.spec, b.programs)
+        yield built, node
+    finally:
+        node.close()
+
+
+def run(node: trace.Node, built, src, dst, protocol: str, port: int) -> trace.Trace:
+    flow = trace.flow_between(built[src.ref].spec, built[dst.ref].spec, protocol, port)
+    node.reset_conntrack()
+    return node.trace(src.ref, dst.ref, flow)
+
+
+def pairs(state: ClusterState):
+    """Ordered pairs of distinct pods that share an address family."""
+    return [(s, d) for s, d in itertools.permutations(state.sorted_pods(), 2)
+            if endpoints.common_family(s, d) is not None]
+
+
+def probe_ports(state: ClusterState, dst, protocol: str) -> list[int]:
+    """Every port where a verdict can change for `dst` (policy boundaries,
+    its declared ports), one either side, and both ends of the range."""
+    cuts = reachability.boundaries(state, protocol) | {cp.port for cp in dst.ports if cp.protocol == protocol}
+    near = {c + d for c in cuts for d in (-1, 0, 1)} | {MIN_PORT, MAX_PORT}
+    return sorted(p for p in near if MIN_PORT <= p <= MAX_PORT)
+
+
+def describe(state, src, dst, protocol, port, got: trace.Trace) -> str:
+    steps = ", ".join(f"{s.pod} {s.direction}={s.retval}" for s in got.steps)
+    model = policy.connection_verdict(state, src, dst, protocol, port)
+    return f"{src.ref} -> {dst.ref} {protocol}/{port}: model {model}; programs {steps}"
+
+
+def mismatches(state: ClusterState, engine: str) -> tuple[list[str], int]:
+    """Every probe where the programs and the model disagree, and the number of probes."""
+    wrong, count = [], 0
+    with loaded(state, engine) as (built, node):
+        note_coverage(built)
+        for src, dst in pairs(state):
+            for protocol in PROTOCOLS:
+                for port in probe_ports(state, dst, protocol):
+                    got = run(node, built, src, dst, protocol, port)
+                    count += 1
+                    if got.allowed != policy.connection_allowed(state, src, dst, protocol, port):
+                        wrong.append(describe(state, src, dst, protocol, port, got))
+    return wrong, count
+
+
+def note_coverage(built) -> None:
+    for b in built.values():
+        for feature in b.programs.features:
+            event(f"feature {feature}")
+
+
+# --- a, b: verdicts ----------------------------------------------------------------------------
+@examples(200)
+@given(cs.cluster())
+def test_vm_verdicts_equal_the_model(cluster):
+    state = load(cluster)
+    wrong, count = mismatches(state, "emulated")
+    event(f"probes: {'<100' if count < 100 else '<500' if count < 500 else '500+'}")
+    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+
+
+@pytest.mark.kernel
+@examples(40)
+@given(cs.cluster())
+def test_kernel_verdicts_equal_the_model(cluster):
+    state = load(cluster)
+    wrong, count = mismatches(state, "kernel")
+    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+
+
+# --- c: the connectivity table -------------------------------------------------------------------
+@examples(60)
+@given(cs.cluster(max_pods=4, max_policies=3))
+def test_vm_connectivity_equals_the_model(cluster):
+    state = load(cluster)
+    with loaded(state, "emulated") as (built, node):
+        def judge(src, dst, protocol, port):
+            return run(node, built, src, dst, protocol, port).allowed
+        by_vm = reachability.connectivity(state, judge=judge)
+    assert by_vm == policy.connectivity(state)
+
+
+# --- d: determinism and peer churn -------------------------------------------------------------
+def fingerprint(built) -> dict:
+    """Everything compiled per pod: bytes, hash, features, maps, map contents."""
+    from tailor.datapath.ebpf import isa
+    return {ref: (b.programs.hash, b.programs.features,
+                  isa.encode(b.programs.ingress.insns), isa.encode(b.programs.egress.insns),
+                  b.programs.ingress.maps, b.programs.egress.maps, mapdata.entries(b.spec))
+            for ref, b in built.items()}
+
+
+@examples(100)
+@given(cs.cluster(), st.randoms(use_true_random=False))
+def test_compiling_is_deterministic(cluster, rnd):
+    state = load(cluster)
+    first = fingerprint(build.build(state))
+    assert fingerprint(build.build(state)) == first
+    shuffled = list(cluster.docs)
+    rnd.shuffle(shuffled)
+    assert fingerprint(build.build(cs.Cluster(shuffled).state())) == first
+
+
+@st.composite
+def churn(draw):
+    """A cluster and one change among its pods: ("add", pod doc),
+    ("relabel", pod doc with new labels) or ("delete", pod doc)."""
+    cluster = draw(cs.cluster(min_pods=2, max_pods=5))
+    kind = draw(st.sampled_from(("add", "add-bare", "relabel", "delete")))
+    if kind in ("relabel", "delete"):
+        pod = draw(st.sampled_from(cluster.pods))
+        if kind == "relabel":
+            pod = {**pod, "metadata": {**pod["metadata"], "labels": draw(cs.labels(cs.POD_LABELS))}}
+        return cluster, kind, pod
+    namespaces = [d["metadata"]["name"] for d in cluster.docs if d["kind"] == "Namespace"]
+    # The new pod lives in an existing namespace or in a new one, ns-new;
+    # a host part no pod of the strategy uses.
+    namespace = draw(st.sampled_from(namespaces + ["ns-new"]))
+    ns_index = namespaces.index(namespace) if namespace in namespaces else 9
+    if kind == "add-bare":                  # unlabelled, no containerPorts
+        pod = cs.pod_doc("new", namespace, ns_index, 99, {}, [], draw(st.sampled_from(cs.FAMILIES)))
+    else:
+        pod = cs.pod_doc("new", namespace, ns_index, 99, draw(cs.labels(cs.POD_LABELS)),
+                         draw(cs.container_ports()), draw(st.sampled_from(cs.FAMILIES)))
+    return cluster, kind, pod
+
+
+def _key_address(map_name: str, key: bytes) -> str:
+    width = 4 if map_name.endswith("4") else 16
+    return str(ipaddress.ip_address(key[:width]))
+
+
+def _entries_without(spec, addresses: set[str]) -> dict:
+    """The spec's map entries, but those keyed by one of `addresses`."""
+    out = {}
+    for direction, maps in mapdata.entries(spec).items():
+        for name, entries in maps.items():
+            kept = {k: v for k, v in entries.items() if _key_address(name, k) not in addresses}
+            if kept:
+                out[(direction, name)] = kept
+    return out
+
+
+@examples(150)
+@given(churn())
+def test_peer_churn_changes_maps_not_programs(change):
+    cluster, kind, pod = change
+    name = pod["metadata"]["name"]
+    changed_ref = f"{pod['metadata']['namespace']}/{name}[Pod]"
+    addresses = {str(ipaddress.ip_address(e["ip"])) for e in pod["status"]["podIPs"]}
+    before_state = load(cluster)
+    if kind == "delete":
+        after_state = cs.Cluster([d for d in cluster.docs if d is not pod]).state()
+    elif kind == "relabel":
+        after_state = cs.Cluster([pod if d["kind"] == "Pod" and d["metadata"]["name"] == name else d
+                                  for d in cluster.docs]).state()
+    else:
+        after_state = load(cluster, [pod])
+    before, after = build.build(before_state), build.build(after_state)
+    maps_changed = False
+    for ref in before.keys() & after.keys():
+        if ref == changed_ref:
+            continue
+        assert after[ref].programs.hash == before[ref].programs.hash, \
+            f"{kind} {changed_ref} changed the program of {ref}"
+        assert _entries_without(after[ref].spec, addresses) == _entries_without(before[ref].spec, addresses), \
+            f"{kind} {changed_ref} changed map entries of {ref} for other addresses"
+        maps_changed |= mapdata.entries(after[ref].spec) != mapdata.entries(before[ref].spec)
+    event(f"{kind}: {'maps changed' if maps_changed else 'maps unchanged'}")
+
+
+def test_a_new_peer_pod_is_a_map_update_only():
+    """The example the design names: a pod whose ingress admits every pod of
+    other namespaces; a new unlabelled pod with no ports appears in a
+    namespace no policy selects. Its addresses join the peer map; the
+    program stays the same."""
+    base = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {}}}
+            for n in ("ns-a", "ns-b")]
+    base.append(cs.pod_doc("web", "ns-a", 0, 10, {"app": "web"}, [{"containerPort": 80, "name": "http"}], (4, 6)))
+    base.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "web", "namespace": "ns-a"},
+                 "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                          "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": "http"}]}]}})
+    newcomer = cs.pod_doc("new", "ns-b", 1, 11, {}, [], (4, 6))
+    before = build.build(cs.Cluster(base).state())["ns-a/web[Pod]"]
+    after = build.build(cs.Cluster(base + [newcomer]).state())["ns-a/web[Pod]"]
+    assert after.programs.hash == before.programs.hash
+    grew = {name: set(after_entries) - set(mapdata.entries(before.spec)["ingress"].get(name, {}))
+            for name, after_entries in mapdata.entries(after.spec)["ingress"].items()}
+    assert grew == {"peers4": {ipaddress.ip_address("10.1.1.11").packed},
+                    "peers6": {ipaddress.ip_address("fd00::1:b").packed}}
+
+
+# --- e: specialisation ----------------------------------------------------------------------------
+ISOLATED = Direction((Tier(TierKind.NETWORK, ()),))
+
+
+@examples(150)
+@given(cs.cluster())
+def test_specialisation_is_monotone(cluster):
+    state = load(cluster)
+    for ref, b in build.build(state).items():
+        pod, features = state.find_pod(ref), set(b.programs.features)
+        assert {f for f in features if f in ("ipv4", "ipv6")} == {f"ipv{f}" for f in pod.families}, ref
+        selecting = policy.policies_selecting(state, pod)
+        ingress_isolated, egress_isolated = policy.isolation(state, pod)
+        assert not ingress_isolated or "ingress-policy" in features, ref
+        assert not egress_isolated or "egress-policy" in features, ref
+        isolated = program.compile_pod(dataclasses.replace(b.spec, ingress=ISOLATED, egress=ISOLATED))
+        assert {"ingress-policy", "egress-policy", "conntrack"} <= set(isolated.features)
+        if not (selecting.admin or selecting.network or selecting.baseline):
+            event("a pod no policy selects")
+            assert not features & {"ingress-policy", "egress-policy", "conntrack", "anp", "banp",
+                                   "selectors", "ipblock", "ports", "named-ports"}, (ref, features)
+            assert b.programs.ingress.maps == () and b.programs.egress.maps == (), ref
+            assert b.programs.instructions < isolated.instructions, ref
+        # One family fewer is fewer instructions, and no trace of the other family.
+        if len(pod.families) == 2:
+            for family in (4, 6):
+                single = program.compile_pod(dataclasses.replace(
+                    b.spec, **{"ipv6" if family == 4 else "ipv4": None}))
+                assert set(single.features) & {"ipv4", "ipv6"} == {f"ipv{family}"}
+                assert single.instructions < b.programs.instructions, (ref, family)
