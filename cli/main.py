@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tailor.cli import bpf
+from tailor.cli import bpf, connectivity, programs
 
-SUBCOMMANDS = (bpf,)
+SUBCOMMANDS = (connectivity, programs, bpf)
 
 
 def build_parser() -> argparse.ArgumentParser:

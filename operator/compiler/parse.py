@@ -52,17 +52,22 @@ def _ports(b: Builder, key: int, family: int, drop: str, done: str) -> None:
     b.be(R8, 16)
 
 
-def ipv4(b: Builder, key: int, drop: str) -> None:
+def ipv4(b: Builder, key: int, drop: str, *, l4: bool = True) -> None:
+    """With l4=False only the addresses are read: enough for anti-spoofing
+    in a pod that no policy isolates."""
     done = labels.family_parsed(4)
     f = layout.key_fields(4)
     b.label(labels.family(4))
     b.mov64(R4, R2)
     b.add64(R4, layout.ETH_HLEN + 20)
     b.jgt(R4, R3, drop)
-    for off in range(key, key + 16, 8):
-        b.store(8, R10, off, 0)
+    if l4:
+        for off in range(key, key + 16, 8):
+            b.store(8, R10, off, 0)
     b.load(4, R1, R2, 26)
     b.store(4, R10, key + f["saddr"], R1)
+    if not l4:
+        return
     b.load(4, R1, R2, 30)
     b.store(4, R10, key + f["daddr"], R1)
     b.load(1, R7, R2, 23)
@@ -84,7 +89,7 @@ def ipv4(b: Builder, key: int, drop: str) -> None:
     b.label(done)
 
 
-def ipv6(b: Builder, key: int, drop: str, *, nd_allow: str) -> None:
+def ipv6(b: Builder, key: int, drop: str, *, nd_allow: str, l4: bool = True) -> None:
     """IPv6 without extension headers is parsed to its ports. A packet whose
     next header is an extension keeps ports 0 and protocol = that header,
     so it can match only port-less rules (fail closed for port rules).
@@ -96,6 +101,11 @@ def ipv6(b: Builder, key: int, drop: str, *, nd_allow: str) -> None:
     b.mov64(R4, R2)
     b.add64(R4, layout.ETH_HLEN + 40)
     b.jgt(R4, R3, drop)
+    if not l4:
+        for i in range(0, 16, 8):
+            b.load(8, R1, R2, 22 + i)
+            b.store(8, R10, key + i, R1)
+        return
     for off in range(key, key + 40, 8):
         b.store(8, R10, off, 0)
     for i in range(0, 32, 8):

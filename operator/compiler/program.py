@@ -135,16 +135,18 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
     frame = layout.Frame.plan(words)
     maps: dict[str, MapSpec] = {}
 
+    # Ports and protocol matter only to policy and connection tracking.
+    l4 = d.enforced or other.enforced
     b = Builder()
     b.mov64(R6, R1)
     parse.ethertype(b, spec.families, arp=labels.ARP, drop=labels.DROP)
     for family in spec.families:
         remote = frame.key + layout.key_fields(family)["daddr" if direction == EGRESS else "saddr"]
-        with b.annotate(f"parse IPv{family}"):
+        with b.annotate(f"parse IPv{family}" + ("" if l4 else " addresses")):
             if family == 4:
-                parse.ipv4(b, frame.key, labels.DROP)
+                parse.ipv4(b, frame.key, labels.DROP, l4=l4)
             else:
-                parse.ipv6(b, frame.key, labels.DROP, nd_allow=labels.ALLOW)
+                parse.ipv6(b, frame.key, labels.DROP, nd_allow=labels.ALLOW, l4=l4)
         if direction == EGRESS:
             with b.annotate("anti-spoof: the pod sends only from its own address"):
                 _anti_spoof(b, spec, family, frame)

@@ -328,3 +328,29 @@ def cluster(draw, min_pods: int = 2, max_pods: int = 6, max_policies: int = 4,
         else:
             docs.append(draw(admin_policy("default", anchors, baseline=True)))
     return Cluster(docs)
+
+
+@st.composite
+def wide_cluster(draw):
+    """A cluster whose programs carry many peer groups and named-port slots:
+    an AdminNetworkPolicy `aaa-wide` (priority 0, evaluated first) holds up
+    to 70 peers per direction and up to 10 named ports that match nothing (no
+    pod has the `wide` label, no container the `wide-*` names), so the random
+    policies' groups land on bit 31, in the second and third bitmap words, and
+    their named ports on high slots. The verdicts are the random policies'."""
+    base = draw(cluster())
+    groups = draw(st.integers(0, 70))
+    names = draw(st.integers(0, 10))
+
+    def peers(n):
+        return [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"wide": f"w{i}"}}}}
+                for i in range(max(n, 1))]
+
+    wide = {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+            "metadata": {"name": "aaa-wide"},
+            "spec": {"priority": 0, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Deny", "from": peers(groups)}],
+                     "egress": [{"action": "Deny", "to": peers(groups),
+                                 **({"ports": [{"namedPort": f"wide-{i}"} for i in range(names)]}
+                                    if names else {})}]}}
+    return Cluster(base.docs + [wide])
