@@ -52,11 +52,17 @@ def reply_check(b: Builder, family: int, frame: layout.Frame, direction: str, re
         b.jne(R0, 0, reply)
 
 
-def record(b: Builder, family: int, frame: layout.Frame, direction: str) -> None:
-    """Insert this packet's connection unless present. Clobbers r0-r5."""
+def record(b: Builder, family: int, frame: layout.Frame, direction: str, done: str) -> None:
+    """Insert this packet's connection unless present, then go to `done`.
+    An established connection costs one lookup: an insert attempt on an LRU
+    map takes a free node first, even when the key exists. Clobbers r0-r5."""
     f = layout.key_fields(family)
     with b.annotate("conntrack: record for replies"):
         b.store(1, R10, frame.key + f["dir"], layout.CT_DIR[direction])
+        b.store(2, R10, frame.key + f["dir"] + 1, 0)
+        b.map_lookup(layout.CT_MAPS[family].name, frame.key)
+        b.jne(R0, 0, done)
         b.call(Helper.ktime_get_ns)
         b.store(8, R10, frame.ct_value, R0)
         b.map_update(layout.CT_MAPS[family].name, frame.key, frame.ct_value, BPF_NOEXIST)
+        b.jump(done)

@@ -165,8 +165,7 @@ def _family(b: Builder, family: int, direction: str) -> None:
     b.label(labels.family_allow(family))
     _cfg(b, R1, 1, CFG_RECORD)
     b.jeq(R1, 0, labels.ALLOW)
-    conntrack.record(b, family, FRAME, direction)
-    b.jump(labels.ALLOW)
+    conntrack.record(b, family, FRAME, direction, labels.ALLOW)
 
 
 def _named_ports(b: Builder, family: int, remote: int) -> None:

@@ -167,7 +167,7 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
         b.label(labels.family_allow(family))
         if other.enforced:
             maps[layout.CT_MAPS[family].name] = layout.CT_MAPS[family]
-            conntrack.record(b, family, frame, direction)
+            conntrack.record(b, family, frame, direction, labels.ALLOW)
         b.jump(labels.ALLOW)
     b.label(labels.ARP)
     b.label(labels.ALLOW)
