@@ -16,6 +16,7 @@ connection state the first two runs left in the node-wide maps.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from tailor.datapath import packets as pk
 from tailor.datapath.ebpf.helper_ids import TcAct
@@ -115,7 +116,8 @@ class Node:
 
     def __init__(self, engine):
         self.engine = engine
-        self.ct = {f: engine.create_map(spec) for f, spec in layout.CT_MAPS.items()}
+        self.shared = {name: engine.create_map(spec) for name, spec in layout.NODE_MAPS.items()}
+        self.ct = {f: self.shared[spec.name] for f, spec in layout.CT_MAPS.items()}
         self.pods: dict[str, _Pod] = {}
 
     def add(self, spec: ProgramSpec, programs: PodPrograms, entries=None) -> None:
@@ -130,8 +132,8 @@ class Node:
                 program = programs.program(direction)
                 maps = {}
                 for mspec in program.maps:
-                    if mspec.name in ("ct4", "ct6"):
-                        maps[mspec.name] = self.ct[int(mspec.name[-1])]
+                    if mspec.name in self.shared:
+                        maps[mspec.name] = self.shared[mspec.name]
                         continue
                     m = self.engine.create_map(mspec)
                     owned.append(m)
@@ -145,7 +147,15 @@ class Node:
             for obj in owned:
                 self.engine.close(obj)
             raise
-        mac = bytes([0x02, 0, 0, 0, len(self.pods) >> 8 & 0xFF, len(self.pods) & 0xFF])
+        n = len(self.pods)
+        mac = bytes([0x02, 0, 0, 0, n >> 8 & 0xFF, n & 0xFF])
+        # Listed as a local endpoint, so same-node traffic takes the redirect path.
+        host_mac, ifindex = bytes([0x02, 0xFE, 0, 0, n >> 8 & 0xFF, n & 0xFF]), 1000 + n
+        for address in (spec.ipv4, spec.ipv6):
+            if address:
+                family = ipaddress.ip_address(address).version
+                self.shared[layout.ENDPOINT_MAPS[family].name].update(
+                    layout.pack_addr(address), layout.pack_endpoint(ifindex, mac, host_mac))
         self.pods[spec.pod] = _Pod(spec, programs, loaded, owned, mac)
 
     def reset_conntrack(self) -> None:
@@ -180,7 +190,7 @@ class Node:
         for pod in self.pods.values():
             for obj in pod.maps:
                 self.engine.close(obj)
-        for m in self.ct.values():
+        for m in self.shared.values():
             self.engine.close(m)
         self.pods.clear()
 

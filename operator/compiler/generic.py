@@ -28,9 +28,8 @@ import struct
 
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R5, R6, R7, R8, R9, R10
-from tailor.datapath.ebpf.helper_ids import TcAct
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
-from tailor.operator.compiler import conntrack, labels, layout, mapdata, parse
+from tailor.operator.compiler import conntrack, forward, labels, layout, mapdata, parse
 from tailor.operator.compiler.program import CompileError, PodPrograms, Program
 from tailor.operator.compiler.spec import (ANY_PEER, EGRESS, INGRESS, Action, Cidr, Group, NamedPort,
                                            PortRange, ProgramSpec, TierKind)
@@ -86,18 +85,15 @@ def compile_generic(direction: str) -> Program:
     parse.ethertype(b, (4, 6), arp=labels.ARP, drop=labels.DROP)
     for family in (4, 6):
         _family(b, family, direction)
-    b.label(labels.ARP)
-    b.label(labels.ALLOW)
-    b.ret(TcAct.OK)
-    b.label(labels.DROP)
-    b.ret(TcAct.SHOT)
+    forward.footer(b, FRAME)
     insns = b.assemble()
-    specs = {s.name: s for s in (GCFG, GRULES, layout.CT4, layout.CT6, _peer_map(4), _peer_map(6),
+    specs = {s.name: s for s in (GCFG, GRULES, layout.STATS, *layout.NODE_MAPS.values(),
+                                 _peer_map(4), _peer_map(6),
                                  _cidr_map(4), _cidr_map(6), layout.named_port_map(4),
                                  layout.named_port_map(6))}
     features = frozenset({"ipv4", "ipv6", "conntrack", f"{direction}-policy", "anp", "banp",
                           "selectors", "ipblock", "ports", "named-ports", "generic"}
-                         | ({"anti-spoof"} if direction == EGRESS else set()))
+                         | ({"anti-spoof", "redirect"} if direction == EGRESS else set()))
     return Program(direction, tuple(insns), tuple(specs[n] for n in isa.map_refs(insns)),
                    features, b.jumps)
 
@@ -141,9 +137,10 @@ def _family(b: Builder, family: int, direction: str) -> None:
                 _cfg(b, R2, 4, (CFG_IP4 if family == 4 else CFG_IP6) + off)
                 b.load(4, R1, R10, key + f["saddr"] + off)
                 b.jne(R1, R2, labels.DROP)
+    passed = labels.family_forward(family) if direction == EGRESS else labels.ALLOW
     _cfg(b, R1, 1, CFG_ENFORCED)
     b.jeq(R1, 0, labels.family_allow(family))
-    conntrack.reply_check(b, family, FRAME, direction, labels.ALLOW)
+    conntrack.reply_check(b, family, FRAME, direction, passed)
     with b.annotate("generic: peer bitmap = selector groups | ipBlocks"):
         b.mov64(R9, 0)
         b.map_lookup(f"peers{family}", remote)
@@ -164,8 +161,11 @@ def _family(b: Builder, family: int, direction: str) -> None:
     _rule_loop(b, family)
     b.label(labels.family_allow(family))
     _cfg(b, R1, 1, CFG_RECORD)
-    b.jeq(R1, 0, labels.ALLOW)
-    conntrack.record(b, family, FRAME, direction, labels.ALLOW)
+    b.jeq(R1, 0, passed)
+    conntrack.record(b, family, FRAME, direction, passed)
+    if direction == EGRESS:
+        b.label(passed)
+        forward.deliver(b, family, FRAME)
 
 
 def _named_ports(b: Builder, family: int, remote: int) -> None:

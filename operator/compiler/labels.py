@@ -63,3 +63,12 @@ def lookup_done(f: int, what: str) -> str:
 
 def generic(f: int, part: str) -> str:
     return f"generic{f}_{part}"
+
+
+def family_forward(f: int) -> str:
+    """Allowed in the egress direction: deliver (redirect or route)."""
+    return f"ipv{f}_forward"
+
+
+def stat_done(stat: int, where: str) -> str:
+    return f"stat{stat}_{where}_done"

@@ -40,6 +40,25 @@ CT4 = MapSpec("ct4", MapType.LRU_HASH, 16, 8, 65536)
 CT6 = MapSpec("ct6", MapType.LRU_HASH, 40, 8, 65536)
 CT_MAPS = {4: CT4, 6: CT6}
 
+# Node-wide: the pods of this node, address -> where to deliver (same-node
+# traffic is redirected straight to the destination's host-side interface,
+# whose egress hook runs the destination's ingress program).
+ENDPOINT = struct.Struct("<I6s6s2x")        # host ifindex, pod MAC, host-side MAC
+ENDPOINTS4 = MapSpec("endpoints4", MapType.HASH, 4, ENDPOINT.size, 4096)
+ENDPOINTS6 = MapSpec("endpoints6", MapType.HASH, 16, ENDPOINT.size, 4096)
+ENDPOINT_MAPS = {4: ENDPOINTS4, 6: ENDPOINTS6}
+NODE_MAPS = {m.name: m for m in (CT4, CT6, ENDPOINTS4, ENDPOINTS6)}
+
+
+def pack_endpoint(ifindex: int, pod_mac: bytes, host_mac: bytes) -> bytes:
+    return ENDPOINT.pack(ifindex, pod_mac, host_mac)
+
+
+# Per program: packet counters, one u64 per CPU and outcome.
+STATS = MapSpec("stats", MapType.PERCPU_ARRAY, 4, 8, 4)
+STAT_ALLOWED, STAT_DROPPED, STAT_REDIRECTED = 0, 1, 2
+STAT_NAMES = ("allowed", "dropped", "redirected")
+
 # Per pod and direction: remote address -> peer-group bitmap (u32 words).
 PEER_CAPACITY = 65536
 
@@ -58,8 +77,8 @@ def named_port_map(family: int) -> MapSpec:
                    PEER_CAPACITY, F_NO_PREALLOC)
 
 
-# The zeroed bitmap shares the 512-byte stack with the keys (120 bytes).
-MAX_GROUP_WORDS = 96
+# The zeroed bitmap shares the 512-byte stack with the keys (128 bytes).
+MAX_GROUP_WORDS = 94
 
 
 def words_for(groups: int) -> int:
@@ -80,13 +99,14 @@ class Frame:
     np_key: int       # named-port lookup key
     np_bits: int      # u32: named-port slots the remote matches
     ct_value: int     # u64 written into new connection entries
+    stat_key: int     # u32 index into the stats map
     zero: int         # zeroed peer bitmap for addresses in no group
 
     @staticmethod
     def plan(words: int) -> "Frame":
-        zero = -(40 + 40 + 24 + 8 + 8 + 4 * words + 7) // 8 * 8
+        zero = -(40 + 40 + 24 + 8 + 8 + 8 + 4 * words + 7) // 8 * 8
         return Frame(key=-40, rkey=-80, np_key=-104, np_bits=-112, ct_value=-120,
-                     zero=zero)
+                     stat_key=-128, zero=zero)
 
 
 def addr_len(family: int) -> int:

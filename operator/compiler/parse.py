@@ -54,7 +54,7 @@ def _ports(b: Builder, key: int, family: int, drop: str, done: str) -> None:
 
 def ipv4(b: Builder, key: int, drop: str, *, l4: bool = True) -> None:
     """With l4=False only the addresses are read: enough for anti-spoofing
-    in a pod that no policy isolates."""
+    and forwarding in a pod that no policy isolates."""
     done = labels.family_parsed(4)
     f = layout.key_fields(4)
     b.label(labels.family(4))
@@ -66,10 +66,10 @@ def ipv4(b: Builder, key: int, drop: str, *, l4: bool = True) -> None:
             b.store(8, R10, off, 0)
     b.load(4, R1, R2, 26)
     b.store(4, R10, key + f["saddr"], R1)
-    if not l4:
-        return
     b.load(4, R1, R2, 30)
     b.store(4, R10, key + f["daddr"], R1)
+    if not l4:
+        return
     b.load(1, R7, R2, 23)
     b.store(1, R10, key + f["proto"], R7)
     b.mov64(R8, 0)
@@ -102,7 +102,7 @@ def ipv6(b: Builder, key: int, drop: str, *, nd_allow: str, l4: bool = True) -> 
     b.add64(R4, layout.ETH_HLEN + 40)
     b.jgt(R4, R3, drop)
     if not l4:
-        for i in range(0, 16, 8):
+        for i in range(0, 32, 8):
             b.load(8, R1, R2, 22 + i)
             b.store(8, R10, key + i, R1)
         return

@@ -24,9 +24,8 @@ import ipaddress
 
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R6, R9, R10
-from tailor.datapath.ebpf.helper_ids import TcAct
 from tailor.datapath.ebpf.maps import MapSpec
-from tailor.operator.compiler import conntrack, labels, layout, parse, rules
+from tailor.operator.compiler import conntrack, forward, labels, layout, parse, rules
 from tailor.operator.compiler.spec import (EGRESS, INGRESS, Cidr, Direction, Group, NamedPort,
                                            ProgramSpec, TierKind)
 
@@ -94,7 +93,7 @@ def features_of(spec: ProgramSpec, direction: str) -> set[str]:
     other = spec.direction(conntrack.OPPOSITE[direction])
     out = {f"ipv{f}" for f in spec.families}
     if direction == EGRESS:
-        out.add("anti-spoof")
+        out.update(("anti-spoof", "redirect"))
     if d.enforced:
         out.add(f"{direction}-policy")
     if d.enforced or other.enforced:
@@ -142,6 +141,8 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
     parse.ethertype(b, spec.families, arp=labels.ARP, drop=labels.DROP)
     for family in spec.families:
         remote = frame.key + layout.key_fields(family)["daddr" if direction == EGRESS else "saddr"]
+        # Where an allowed packet goes: egress delivers it, ingress lets it in.
+        passed = labels.family_forward(family) if direction == EGRESS else labels.ALLOW
         with b.annotate(f"parse IPv{family}" + ("" if l4 else " addresses")):
             if family == 4:
                 parse.ipv4(b, frame.key, labels.DROP, l4=l4)
@@ -152,7 +153,7 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
                 _anti_spoof(b, spec, family, frame)
         if d.enforced:
             maps[layout.CT_MAPS[family].name] = layout.CT_MAPS[family]
-            conntrack.reply_check(b, family, frame, direction, labels.ALLOW)
+            conntrack.reply_check(b, family, frame, direction, passed)
             if groups:
                 maps[f"peers{family}"] = layout.peer_map(family, words)
                 with b.annotate("peers: the remote address's selector groups"):
@@ -167,15 +168,16 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
         b.label(labels.family_allow(family))
         if other.enforced:
             maps[layout.CT_MAPS[family].name] = layout.CT_MAPS[family]
-            conntrack.record(b, family, frame, direction, labels.ALLOW)
-        b.jump(labels.ALLOW)
-    b.label(labels.ARP)
-    b.label(labels.ALLOW)
-    b.ret(TcAct.OK)
-    b.label(labels.DROP)
-    b.ret(TcAct.SHOT)
+            conntrack.record(b, family, frame, direction, passed)
+        b.jump(passed)
+        if direction == EGRESS:
+            b.label(passed)
+            forward.deliver(b, family, frame)
+    forward.footer(b, frame)
     insns = b.assemble()
     used = isa.map_refs(insns)
+    maps.update(layout.NODE_MAPS)
+    maps[layout.STATS.name] = layout.STATS
     return Program(direction, tuple(insns), tuple(maps[name] for name in used),
                    frozenset(features), b.jumps)
 

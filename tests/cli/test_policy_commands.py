@@ -59,7 +59,7 @@ def test_programs_json_contract_and_disasm():
     out = json.loads(tailor("programs", "-f", str(ROOT / "examples/01-namespaces-and-ports"),
                             "--format", "json", "--generic").stdout)
     rows = {r["pod"]: r for r in out["programs"]}
-    assert set(rows["x/b[Pod]"]["features"]) == {"ipv4", "anti-spoof"}
+    assert set(rows["x/b[Pod]"]["features"]) == {"ipv4", "anti-spoof", "redirect"}
     assert {"ingress-policy", "conntrack", "selectors", "ports"} <= set(rows["x/a[Pod]"]["features"])
     assert rows["x/a[Pod]"]["maps"]["ingress/peers4"]["entries"] == 3
     assert rows["x/a[Pod]"]["maps"]["ct4"]["shared"] is True

@@ -1,0 +1,289 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATE_UNSPECIFIED: _ClassVar[State]
+    PENDING: _ClassVar[State]
+    LOADED: _ClassVar[State]
+    FAILED: _ClassVar[State]
+STATE_UNSPECIFIED: State
+PENDING: State
+LOADED: State
+FAILED: State
+
+class PodRef(_message.Message):
+    __slots__ = ("namespace", "name", "uid")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    uid: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+
+class MapSpec(_message.Message):
+    __slots__ = ("name", "type", "key_size", "value_size", "max_entries", "flags")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., max_entries: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class Relocation(_message.Message):
+    __slots__ = ("slot", "map", "pseudo")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    PSEUDO_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    map: str
+    pseudo: int
+    def __init__(self, slot: _Optional[int] = ..., map: _Optional[str] = ..., pseudo: _Optional[int] = ...) -> None: ...
+
+class Program(_message.Message):
+    __slots__ = ("direction", "insns", "relocations", "maps", "features", "instructions", "annotations")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    INSNS_FIELD_NUMBER: _ClassVar[int]
+    RELOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATIONS_FIELD_NUMBER: _ClassVar[int]
+    direction: str
+    insns: bytes
+    relocations: _containers.RepeatedCompositeFieldContainer[Relocation]
+    maps: _containers.RepeatedCompositeFieldContainer[MapSpec]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    instructions: int
+    annotations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, direction: _Optional[str] = ..., insns: _Optional[bytes] = ..., relocations: _Optional[_Iterable[_Union[Relocation, _Mapping]]] = ..., maps: _Optional[_Iterable[_Union[MapSpec, _Mapping]]] = ..., features: _Optional[_Iterable[str]] = ..., instructions: _Optional[int] = ..., annotations: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MapEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class MapContents(_message.Message):
+    __slots__ = ("direction", "map", "entries")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    direction: str
+    map: str
+    entries: _containers.RepeatedCompositeFieldContainer[MapEntry]
+    def __init__(self, direction: _Optional[str] = ..., map: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[MapEntry, _Mapping]]] = ...) -> None: ...
+
+class PodProgram(_message.Message):
+    __slots__ = ("pod", "addresses", "hash", "features", "ingress", "egress", "maps")
+    POD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    hash: str
+    features: _containers.RepeatedScalarFieldContainer[str]
+    ingress: Program
+    egress: Program
+    maps: _containers.RepeatedCompositeFieldContainer[MapContents]
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., addresses: _Optional[_Iterable[str]] = ..., hash: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., ingress: _Optional[_Union[Program, _Mapping]] = ..., egress: _Optional[_Union[Program, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[MapContents, _Mapping]]] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("program",)
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    program: PodProgram
+    def __init__(self, program: _Optional[_Union[PodProgram, _Mapping]] = ...) -> None: ...
+
+class LoadInfo(_message.Message):
+    __slots__ = ("program_id", "verified_insns", "attach", "hash", "instructions")
+    PROGRAM_ID_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_INSNS_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    program_id: int
+    verified_insns: int
+    attach: str
+    hash: str
+    instructions: int
+    def __init__(self, program_id: _Optional[int] = ..., verified_insns: _Optional[int] = ..., attach: _Optional[str] = ..., hash: _Optional[str] = ..., instructions: _Optional[int] = ...) -> None: ...
+
+class PodStatus(_message.Message):
+    __slots__ = ("pod", "state", "message", "hash", "features", "addresses", "interface", "ingress", "egress")
+    POD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    state: State
+    message: str
+    hash: str
+    features: _containers.RepeatedScalarFieldContainer[str]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    interface: str
+    ingress: LoadInfo
+    egress: LoadInfo
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., state: _Optional[_Union[State, str]] = ..., message: _Optional[str] = ..., hash: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., addresses: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ingress: _Optional[_Union[LoadInfo, _Mapping]] = ..., egress: _Optional[_Union[LoadInfo, _Mapping]] = ...) -> None: ...
+
+class ApplyResponse(_message.Message):
+    __slots__ = ("status", "changed")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    status: PodStatus
+    changed: bool
+    def __init__(self, status: _Optional[_Union[PodStatus, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class UpdateMapsRequest(_message.Message):
+    __slots__ = ("pod", "maps")
+    POD_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    maps: _containers.RepeatedCompositeFieldContainer[MapContents]
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[MapContents, _Mapping]]] = ...) -> None: ...
+
+class UpdateMapsResponse(_message.Message):
+    __slots__ = ("changed_entries",)
+    CHANGED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    changed_entries: int
+    def __init__(self, changed_entries: _Optional[int] = ...) -> None: ...
+
+class RemoveRequest(_message.Message):
+    __slots__ = ("pod",)
+    POD_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ...) -> None: ...
+
+class RemoveResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("pods",)
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    pods: _containers.RepeatedCompositeFieldContainer[PodStatus]
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("pod",)
+    POD_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ...) -> None: ...
+
+class CountersRequest(_message.Message):
+    __slots__ = ("pod",)
+    POD_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ...) -> None: ...
+
+class DirectionCounters(_message.Message):
+    __slots__ = ("allowed", "dropped", "redirected")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REDIRECTED_FIELD_NUMBER: _ClassVar[int]
+    allowed: int
+    dropped: int
+    redirected: int
+    def __init__(self, allowed: _Optional[int] = ..., dropped: _Optional[int] = ..., redirected: _Optional[int] = ...) -> None: ...
+
+class CountersResponse(_message.Message):
+    __slots__ = ("pod", "ingress", "egress")
+    POD_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    ingress: DirectionCounters
+    egress: DirectionCounters
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., ingress: _Optional[_Union[DirectionCounters, _Mapping]] = ..., egress: _Optional[_Union[DirectionCounters, _Mapping]] = ...) -> None: ...
+
+class TraceRequest(_message.Message):
+    __slots__ = ("src", "dst", "protocol", "src_port", "dst_port")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SRC_PORT_FIELD_NUMBER: _ClassVar[int]
+    DST_PORT_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    dst: str
+    protocol: str
+    src_port: int
+    dst_port: int
+    def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ..., protocol: _Optional[str] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ...) -> None: ...
+
+class TraceStep(_message.Message):
+    __slots__ = ("pod", "direction", "retval", "verdict")
+    POD_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    RETVAL_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    pod: str
+    direction: str
+    retval: int
+    verdict: str
+    def __init__(self, pod: _Optional[str] = ..., direction: _Optional[str] = ..., retval: _Optional[int] = ..., verdict: _Optional[str] = ...) -> None: ...
+
+class TraceResponse(_message.Message):
+    __slots__ = ("allowed", "steps")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    steps: _containers.RepeatedCompositeFieldContainer[TraceStep]
+    def __init__(self, allowed: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthResponse(_message.Message):
+    __slots__ = ("node", "backend", "pods", "ready", "version")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    backend: str
+    pods: int
+    ready: bool
+    version: str
+    def __init__(self, node: _Optional[str] = ..., backend: _Optional[str] = ..., pods: _Optional[int] = ..., ready: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ProgramForRequest(_message.Message):
+    __slots__ = ("pod", "node", "addresses")
+    POD_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    pod: PodRef
+    node: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., node: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
