@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tailor.cli import bpf, connectivity, programs
+from tailor.cli import agent, bpf, connectivity, lab, programs
 
-SUBCOMMANDS = (connectivity, programs, bpf)
+SUBCOMMANDS = (connectivity, programs, bpf, lab, agent)
 
 
 def build_parser() -> argparse.ArgumentParser:

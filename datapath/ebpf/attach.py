@@ -75,6 +75,11 @@ class Link(kernel.FdObject):
     def id(self) -> int:
         return self.info().id
 
+    def update(self, prog: kernel.KernelProgram) -> None:
+        """Swap the link's program for `prog` atomically: every packet meets
+        either the old program or the new one, none meets no program."""
+        libbpf.link_update(self.live_fd(), prog.live_fd(), f"{self._what()} to {prog.name!r}")
+
     def detach(self) -> None:
         """Take the program off the interface. The fd stays open (a defunct
         link) until close(); a pin of it should be removed with unpin()."""

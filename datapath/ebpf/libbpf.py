@@ -211,6 +211,8 @@ _PROTOTYPES = {
     "bpf_link_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                        ctypes.c_void_p]),
     "bpf_link_detach": (ctypes.c_int, [ctypes.c_int]),
+    # opts NULL: no BPF_F_REPLACE (old_prog_fd) check, swap whatever is attached.
+    "bpf_link_update": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]),
     # 1.1 has only the generic form; the typed *_get_info_by_fd came in 1.2.
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p,
                                               ctypes.POINTER(c_u32)]),
@@ -399,6 +401,12 @@ def link_info(fd: int, what: str) -> LinkInfo:
 def link_create(prog_fd: int, target: int, attach_type: int, what: str) -> int:
     return _check(_lib().bpf_link_create(prog_fd, target, attach_type, None),
                   f"bpf_link_create of {what} (attach type {attach_type}, target {target})")
+
+
+def link_update(fd: int, prog_fd: int, what: str) -> None:
+    """BPF_LINK_UPDATE: the link runs `prog_fd` from now on, atomically (no
+    moment with no program or with both)."""
+    _check(_lib().bpf_link_update(fd, prog_fd, None), f"bpf_link_update of {what}")
 
 
 def link_detach(fd: int, what: str) -> None:

@@ -9,7 +9,10 @@ declared ports:
 - pods p0..p5 labelled from {app: web|db|api, tier: front|back}, declaring
   ports from 53, 80, 81, 443, 8080 over TCP/UDP/SCTP (some named http, dns,
   alt, web), addressed IPv4-only, IPv6-only or dual stack (either order) at
-  10.1.<ns>.<base+i> and fd00::<ns>:<base+i> (base 10, 130 or 240);
+  10.1.<ns>.<base+i> and fd00::<ns>:<base+i> (base 10, 130 or 240), or
+  stating no address (the loader allocates from 10.244/16, fd00:10:244::/64
+  by the tailor.dev/ip-families annotation);
+- some namespaces without a manifest (implicit: only the name label);
 - up to four policies drawn from NetworkPolicy, AdminNetworkPolicy and the
   BaselineAdminNetworkPolicy `default`, whose CIDRs are built around those
   addresses.
@@ -42,6 +45,11 @@ V4_PREFIXES = (0, 8, 16, 23, 24, 28, 30, 31, 32)
 V6_PREFIXES = (0, 16, 64, 100, 112, 120, 124, 127, 128)
 # Addresses outside every pod, so CIDRs sometimes cover no pod at all.
 OUTSIDE = ("192.168.7.1", "10.2.0.1", "2001:db8::1", "fd00::7:1")
+# Pods that state no address get one from the loader's pools, lowest first.
+POOL_ANCHORS = ("10.244.0.1", "10.244.0.2", "fd00:10:244::1", "fd00:10:244::2")
+# `auto` pods ask for families with the annotation (absent: IPv4) instead.
+AUTO = ({}, {"tailor.dev/ip-families": "IPv4"}, {"tailor.dev/ip-families": "IPv6"},
+        {"tailor.dev/ip-families": "IPv4,IPv6"}, {"tailor.dev/ip-families": "IPv6,IPv4"})
 
 protocols = st.sampled_from(PROTOCOLS)
 
@@ -135,20 +143,28 @@ def container_ports(draw):
 
 
 def pod_doc(name: str, namespace: str, ns_index: int, host: int, pod_labels: dict,
-            ports: list[dict], families: tuple[int, ...]) -> dict:
-    ips = [v4(ns_index, host) if f == 4 else v6(ns_index, host) for f in families]
+            ports: list[dict], families: tuple[int, ...] | dict) -> dict:
+    """A Pod manifest; `families` in order (primary first), or a dict of
+    annotations for a pod that states no address and gets it from the loader."""
     container = {"name": "c", "image": "agnhost"}
     if ports:
         container["ports"] = ports
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": pod_labels},
-            "spec": {"containers": [container]},
-            "status": {"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}}
+    doc = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": namespace, "labels": pod_labels},
+           "spec": {"containers": [container]}}
+    if isinstance(families, dict):
+        if families:
+            doc["metadata"]["annotations"] = dict(families)
+        return doc
+    ips = [v4(ns_index, host) if f == 4 else v6(ns_index, host) for f in families]
+    doc["status"] = {"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}
+    return doc
 
 
 # --- CIDRs --------------------------------------------------------------------------------
 def _anchors(pods: list[dict]) -> list[str]:
-    return sorted({ip["ip"] for p in pods for ip in p["status"]["podIPs"]}) + list(OUTSIDE)
+    stated = {ip["ip"] for p in pods for ip in (p.get("status") or {}).get("podIPs", ())}
+    return sorted(stated) + list(OUTSIDE) + list(POOL_ANCHORS)
 
 
 @st.composite
@@ -302,10 +318,13 @@ def admin_policy(draw, name: str, anchors, baseline: bool = False):
 # --- whole clusters -------------------------------------------------------------------------
 @st.composite
 def cluster(draw, min_pods: int = 2, max_pods: int = 6, max_policies: int = 4,
-            families=st.sampled_from(FAMILIES)):
+            families=st.one_of(st.sampled_from(FAMILIES), st.sampled_from(FAMILIES), st.sampled_from(AUTO)),
+            implicit_namespaces: bool = True):
     namespaces = list(NAMESPACES[:draw(st.integers(1, 3))])
+    # A namespace without a manifest exists implicitly, with only its name label.
     docs = [{"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": ns, "labels": draw(labels(NS_LABELS))}} for ns in namespaces]
+             "metadata": {"name": ns, "labels": draw(labels(NS_LABELS))}} for ns in namespaces
+            if not implicit_namespaces or ns == namespaces[0] or draw(st.integers(0, 3))]
     # Host parts from 10, 130 or 240 up: the last byte of an address is the
     # high byte of the little-endian words the programs compare.
     base = draw(st.sampled_from(HOST_BASES))

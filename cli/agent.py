@@ -1,0 +1,59 @@
+"""`tailor agent`: run the node agent (one per node) until SIGTERM or SIGINT.
+
+Starts the backend (the kernel one adopts what an earlier agent pinned), the
+gRPC Agent service, the Prometheus endpoint and the CNI unix socket. On a
+signal the servers stop; with the kernel backend every pod's program stays
+attached and pinned for the next agent.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+
+def register(sub) -> None:
+    p = sub.add_parser("agent", help="run the node agent (gRPC API, CNI socket, datapath backend)")
+    p.add_argument("--node", required=True, help="this node's name")
+    p.add_argument("--backend", choices=("kernel", "emulated"), default="kernel")
+    p.add_argument("--listen", default="unix:/run/tailor/agent.sock", metavar="ADDR",
+                   help="gRPC address: host:port or unix:/path (default %(default)s)")
+    p.add_argument("--socket", default="/run/tailor/cni.sock", metavar="PATH",
+                   help="the CNI plugin's unix socket; '' for none (default %(default)s)")
+    p.add_argument("--program-source", metavar="ADDR",
+                   help="ProgramSource to ask when a pod is wired before its program arrived")
+    p.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR",
+                   help="this node's pod CIDR, once per address family")
+    p.add_argument("--state-dir", metavar="DIR", help="default /var/lib/tailor/<node>")
+    p.add_argument("--bpffs-root", metavar="DIR", help="default /sys/fs/bpf/tailor/<node>")
+    p.add_argument("--metrics-port", type=int, metavar="N", help="serve /metrics on this port")
+    p.add_argument("--attach-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a CNI ADD waits for the pod's program (default %(default)s)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from tailor.datapath.agent import daemon   # grpc, the backends: only when running
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = daemon.Config(node=args.node, backend=args.backend, listen=args.listen,
+                           socket=args.socket or None, program_source=args.program_source,
+                           pod_cidrs=tuple(args.pod_cidr), state_dir=args.state_dir,
+                           bpffs_root=args.bpffs_root, metrics_port=args.metrics_port,
+                           attach_timeout=args.attach_timeout)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        running = daemon.start(config)
+    except Exception as e:   # noqa: BLE001 - one line for the operator, not a traceback
+        print(f"tailor agent: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"tailor agent: node {args.node}, {args.backend} backend, {running.adopted} pods adopted, "
+          f"listening on {args.listen}", flush=True)
+    while not done.wait(3600):
+        pass
+    running.stop()
+    print("tailor agent: stopped", flush=True)
+    return 0

@@ -1,0 +1,300 @@
+"""The interface both agent backends implement, and the values they share.
+
+Called by the agent core (agent/core.py), which owns the pods' programs and
+endpoints and hands each attach to a backend; implemented by backends/kernel.py
+(bpf() through the eBPF toolkit, state pinned on bpffs) and backends/emulated.py
+(the userspace VM). The two implementations never import each other; what
+they share lives here: the data classes, the errors and the trace walk.
+
+A pod is keyed by "namespace/name"; its uid tells a re-created pod from its
+predecessor. A backend holds at most one attachment per key.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import ipaddress
+from collections.abc import Callable
+
+from tailor.datapath import packets as pk
+from tailor.datapath.ebpf.helper_ids import TcAct
+
+DIRECTIONS = ("ingress", "egress")
+# TC_ACT_* values a program may return that let the packet go on.
+PASSING = (TcAct.OK, TcAct.REDIRECT)
+TRACE_CLIENT_PORT = 40000
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked; the message names the pod."""
+
+
+class AttachFailed(BackendError):
+    """A pod's new programs were refused (the verifier's reason is in the
+    message). Whatever was in force before stays in force."""
+
+
+class UnknownPod(BackendError):
+    """No attachment for that pod on this node."""
+
+
+class State(enum.Enum):
+    PENDING = "Pending"     # program known, pod not (yet) wired on this node
+    LOADED = "Loaded"
+    FAILED = "Failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A wired pod interface: what a backend needs to attach and to deliver
+    same-node traffic to the pod."""
+    container_id: str
+    ifname: str                   # inside the pod
+    netns: str
+    host_ifname: str
+    host_ifindex: int
+    host_mac: bytes
+    pod_mac: bytes
+    addresses: tuple[str, ...]    # bare addresses, no prefix length
+
+    @classmethod
+    def of(cls, wired) -> Endpoint:
+        """From any object with the same attribute names (the CNI side's
+        wiring.Endpoint carries MACs as text and addresses as interfaces)."""
+        return cls(container_id=wired.container_id, ifname=wired.ifname, netns=wired.netns,
+                   host_ifname=wired.host_ifname, host_ifindex=int(wired.host_ifindex),
+                   host_mac=mac_bytes(wired.host_mac), pod_mac=mac_bytes(wired.pod_mac),
+                   addresses=tuple(bare_address(a) for a in wired.addresses))
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "host_mac": self.host_mac.hex(":"),
+                "pod_mac": self.pod_mac.hex(":"), "addresses": list(self.addresses)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Endpoint:
+        return cls(**{**data, "host_mac": mac_bytes(data["host_mac"]),
+                      "pod_mac": mac_bytes(data["pod_mac"]),
+                      "addresses": tuple(data["addresses"])})
+
+
+def mac_bytes(mac) -> bytes:
+    """b'\\x02...' or '02:00:...' -> 6 bytes."""
+    if isinstance(mac, (bytes, bytearray)):
+        out = bytes(mac)
+    else:
+        out = bytes.fromhex(str(mac).replace(":", "").replace("-", ""))
+    if len(out) != 6:
+        raise ValueError(f"MAC address {mac!r} is not 6 bytes")
+    return out
+
+
+def bare_address(address) -> str:
+    """'10.0.0.1', '10.0.0.1/32' or an ip_interface -> '10.0.0.1'."""
+    return str(ipaddress.ip_interface(str(address)).ip)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadInfo:
+    program_id: int
+    verified_insns: int
+    attach: str               # e.g. "tcx/egress ifindex 7 (tl3f2a9c1d0e4)"
+    hash: str
+    instructions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PodState:
+    namespace: str
+    name: str
+    uid: str
+    state: State
+    message: str = ""
+    hash: str = ""
+    features: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+    interface: str = ""       # host-side interface
+    ingress: LoadInfo | None = None
+    egress: LoadInfo | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Adopted:
+    """A pod a backend found in force when it started (kernel: pinned)."""
+    state: PodState
+    endpoint: Endpoint
+    received: object          # wire.Received, or None when it could not be read back
+
+
+@dataclasses.dataclass(frozen=True)
+class Counters:
+    """Packets per outcome, summed over CPUs: {direction: (allowed, dropped, redirected)}."""
+    ingress: tuple[int, int, int]
+    egress: tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceStep:
+    pod: str
+    direction: str
+    retval: int
+
+    @property
+    def verdict(self) -> str:
+        if self.retval == TcAct.REDIRECT:
+            return "redirect"
+        return "pass" if self.retval in PASSING else "drop"
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceResult:
+    allowed: bool
+    steps: tuple[TraceStep, ...]
+
+
+class Backend(abc.ABC):
+    """One node's datapath. Implementations are called under the core's
+    lock, one call at a time, except counters() and trace() which may run
+    beside each other."""
+    name: str
+
+    @abc.abstractmethod
+    def start(self) -> list[Adopted]:
+        """Create (or adopt) the node-wide state; return the pods found in
+        force, after reconciling (pods whose interface vanished are removed)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Release this process's hold on the datapath. The kernel backend's
+        pinned state stays in force."""
+
+    @abc.abstractmethod
+    def attach(self, endpoint: Endpoint, received) -> tuple[PodState, bool]:
+        """Put `received` (wire.Received) on `endpoint`. Returns (state,
+        changed): changed is False when the same uid and hash are in force.
+        Raises AttachFailed with the reason; the old program stays in force."""
+
+    @abc.abstractmethod
+    def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
+        """Replace the contents of the pod's named maps ({direction: {map:
+        {key: value}}}) in place. Returns how many entries changed."""
+
+    @abc.abstractmethod
+    def detach(self, key: str) -> bool:
+        """Remove everything of the pod's attachment. False if there was none."""
+
+    @abc.abstractmethod
+    def pods(self) -> list[PodState]:
+        """Every attached pod."""
+
+    @abc.abstractmethod
+    def counters(self, key: str) -> Counters:
+        """Raises UnknownPod."""
+
+    @abc.abstractmethod
+    def trace(self, src: str, dst: str, protocol: str, src_port: int, dst_port: int) -> TraceResult:
+        """Run a connection's first packet and its reply through the programs.
+        src, dst: a pod key of this node, or an address. Raises ValueError
+        for what cannot be traced."""
+
+    def state(self, key: str) -> PodState | None:
+        """One attached pod's state, None when it is not attached."""
+        return next((s for s in self.pods() if s.key == key), None)
+
+    def endpoint(self, key: str) -> Endpoint | None:
+        """The endpoint a pod is attached on."""
+        return None
+
+
+# -- the trace walk, shared by both backends ---------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TraceEnd:
+    """One end of a traced connection: a local pod (key set) or an address."""
+    key: str | None
+    addresses: tuple[str, ...]
+    mac: bytes = pk.DEFAULT_SRC_MAC
+
+
+def pick_flow(src: TraceEnd, dst: TraceEnd, protocol: str, src_port: int,
+              dst_port: int) -> pk.Flow:
+    """The flow between two ends in the first family both have."""
+    for family in (4, 6):
+        a = [x for x in src.addresses if ipaddress.ip_address(x).version == family]
+        b = [x for x in dst.addresses if ipaddress.ip_address(x).version == family]
+        if a and b:
+            return pk.Flow(a[0], b[0], protocol.upper(), src_port or TRACE_CLIENT_PORT, dst_port)
+    raise ValueError(f"{src.key or src.addresses} and {dst.key or dst.addresses} "
+                     "share no address family")
+
+
+Run = Callable[[str, str, bytes], tuple[int, bytes]]
+
+
+def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:
+    """src's egress and dst's ingress on the first packet, then dst's egress
+    and src's ingress on the reply; an end that is not a local pod runs no
+    program. Allowed when every step run passes. `run(key, direction,
+    frame) -> (retval, frame after)`."""
+    steps: list[TraceStep] = []
+    first = pk.frame(flow, tcp_flags=pk.TCP_SYN, src_mac=src.mac, dst_mac=dst.mac)
+    reply = pk.frame(flow.reply(), tcp_flags=pk.TCP_SYN | pk.TCP_ACK, src_mac=dst.mac,
+                     dst_mac=src.mac)
+    for frame, hops in ((first, ((src, "egress"), (dst, "ingress"))),
+                        (reply, ((dst, "egress"), (src, "ingress")))):
+        for end, direction in hops:
+            if end.key is None:
+                continue
+            retval, frame = run(end.key, direction, frame)
+            steps.append(TraceStep(end.key, direction, retval))
+            if retval not in PASSING:
+                return TraceResult(False, tuple(steps))
+    return TraceResult(True, tuple(steps))
+
+
+def resolve_end(what: str, endpoints: dict[str, Endpoint]) -> TraceEnd:
+    """A trace end: a pod key of this node, or an address (which is the pod
+    holding it when one of this node's pods does)."""
+    if "/" in what and what in endpoints:
+        ep = endpoints[what]
+        return TraceEnd(what, ep.addresses, ep.pod_mac)
+    try:
+        address = str(ipaddress.ip_address(what))
+    except ValueError:
+        raise ValueError(f"{what!r} is neither a pod attached on this node nor an address") from None
+    for key, ep in endpoints.items():
+        if address in ep.addresses:
+            return TraceEnd(key, ep.addresses, ep.pod_mac)
+    return TraceEnd(None, (address,))
+
+
+# -- map helpers, shared by both backends (maps duck-typed: KernelMap or VmMap) ----
+
+def replace_contents(m, entries: dict[bytes, bytes]) -> int:
+    """Make map `m` hold exactly `entries`: add new keys, rewrite changed
+    values, then delete keys no longer present (in that order, so a key that
+    stays is never missing in between). Returns how many entries changed."""
+    current = dict(m.items())
+    changed = 0
+    for key, value in entries.items():
+        if current.get(key) != value:
+            m.update(key, value)
+            changed += 1
+    for key in current.keys() - entries.keys():
+        if m.delete(key):
+            changed += 1
+    return changed
+
+
+def stat_totals(m) -> tuple[int, int, int]:
+    """(allowed, dropped, redirected) from a per-CPU stats map, summed over CPUs."""
+    out = []
+    for index in range(3):
+        value = m.lookup(index.to_bytes(4, "little"))
+        per_cpu = value if isinstance(value, list) else [value] if value else []
+        out.append(sum(int.from_bytes(v[:8], "little") for v in per_cpu))
+    return tuple(out)

@@ -1,0 +1,216 @@
+"""The emulated backend: pods' programs and maps held by the userspace VM,
+nothing in the kernel.
+
+Chosen by `tailor agent --backend emulated` (kind clusters, machines without
+eBPF, the lab without root). The CNI still wires every pod, so pods have
+connectivity; nothing is enforced. What this backend gives is the same
+programs, the same maps and the same node-wide endpoints the kernel backend
+would hold, so Trace and Counters answer what the kernel would do.
+
+Trace runs on scratch copies (empty connection tracking, fresh counters, the
+pods' current peer maps and endpoints): a trace is a new connection, and it
+leaves the node's maps as it found them — like the kernel backend's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from tailor.datapath.agent.backends import base
+from tailor.datapath.ebpf import vm
+from tailor.operator.compiler import layout
+
+
+class _Pod:
+    def __init__(self, endpoint: base.Endpoint, received, programs: dict, maps: dict):
+        self.endpoint = endpoint
+        self.received = received
+        self.programs = programs          # direction -> vm.Program
+        self.maps = maps                  # direction -> {name: VmMap}, the pod's own
+
+    def state(self) -> base.PodState:
+        r, ep = self.received, self.endpoint
+        loads = {d: base.LoadInfo(program_id=0, verified_insns=0,
+                                  attach=f"vm/{_hook(d)} ifindex {ep.host_ifindex} ({ep.host_ifname})",
+                                  hash=r.hash, instructions=len(r.insns[d]))
+                 for d in base.DIRECTIONS}
+        return base.PodState(r.namespace, r.name, r.uid, base.State.LOADED, "", r.hash,
+                             tuple(r.features), tuple(ep.addresses), ep.host_ifname,
+                             loads["ingress"], loads["egress"])
+
+
+def _hook(direction: str) -> str:
+    """The host-side veth hook a pod's program sits on: into the pod is the
+    veth's egress, from the pod its ingress."""
+    return "egress" if direction == "ingress" else "ingress"
+
+
+class EmulatedBackend(base.Backend):
+    name = "emulated"
+
+    def __init__(self, node: str = ""):
+        self.node = node
+        self.node_maps: dict[str, vm.VmMap] = {}
+        self._pods: dict[str, _Pod] = {}
+        # The VM's programs are not reentrant: one run at a time.
+        self._lock = threading.RLock()
+
+    def start(self) -> list[base.Adopted]:
+        with self._lock:
+            if not self.node_maps:
+                self.node_maps = {n: vm.VmMap.create(s) for n, s in layout.NODE_MAPS.items()}
+            return []
+
+    def stop(self) -> None:
+        with self._lock:
+            self._pods.clear()
+            self.node_maps.clear()
+
+    # -- attach / detach -------------------------------------------------------------
+
+    def attach(self, endpoint: base.Endpoint, received) -> tuple[base.PodState, bool]:
+        key = received.key
+        with self._lock:
+            old = self._pods.get(key)
+            # Same pod, same program, same interface: nothing to do.
+            if (old is not None and old.received.uid == received.uid
+                    and old.received.hash == received.hash and old.endpoint == endpoint):
+                return old.state(), False
+            programs, maps = self._load(received, self.node_maps)
+            if old is not None:
+                self._drop_endpoints(old.endpoint)
+            pod = _Pod(endpoint, received, programs, maps)
+            self._pods[key] = pod
+            self._put_endpoints(endpoint)
+            return pod.state(), True
+
+    def _load(self, received, node_maps) -> tuple[dict, dict]:
+        """VM programs and the pod's own maps, filled from received.entries."""
+        programs, owned = {}, {}
+        for d in base.DIRECTIONS:
+            bound, owned[d] = {}, {}
+            for spec in received.maps[d]:
+                if spec.name in layout.NODE_MAPS:
+                    bound[spec.name] = node_maps[spec.name]
+                    continue
+                try:
+                    m = vm.VmMap.create(spec)
+                    for k, v in received.entries.get(d, {}).get(spec.name, {}).items():
+                        m.update(k, v)
+                except (ValueError, vm.MapError) as e:
+                    raise base.AttachFailed(f"pod {received.key}: {d} map {spec.name!r}: {e}") from None
+                bound[spec.name] = owned[d][spec.name] = m
+            try:
+                programs[d] = vm.Program(list(received.insns[d]), bound)
+            except (vm.VmError, ValueError, KeyError) as e:
+                raise base.AttachFailed(f"pod {received.key}: the {d} program does not load "
+                                        f"in the VM: {e}") from None
+        return programs, owned
+
+    def _put_endpoints(self, ep: base.Endpoint) -> None:
+        value = layout.pack_endpoint(ep.host_ifindex, ep.pod_mac, ep.host_mac)
+        for address in ep.addresses:
+            self.node_maps[_endpoint_map(address)].update(layout.pack_addr(address), value)
+
+    def _drop_endpoints(self, ep: base.Endpoint) -> None:
+        for address in ep.addresses:
+            m = self.node_maps[_endpoint_map(address)]
+            current = m.lookup(layout.pack_addr(address))
+            # Only our own entry: the address may already belong to a new pod.
+            if current is not None and layout.ENDPOINT.unpack(current)[0] == ep.host_ifindex:
+                m.delete(layout.pack_addr(address))
+
+    def detach(self, key: str) -> bool:
+        with self._lock:
+            pod = self._pods.pop(key, None)
+            if pod is None:
+                return False
+            self._drop_endpoints(pod.endpoint)
+            return True
+
+    def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
+        with self._lock:
+            pod = self._pod(key)
+            for d, tables in maps.items():
+                for name in tables:
+                    if name not in pod.maps.get(d, {}):
+                        raise base.BackendError(f"pod {key}: its {d} program has no map {name!r} "
+                                                "of its own to update")
+            changed = 0
+            for d, tables in maps.items():
+                for name, entries in tables.items():
+                    try:
+                        changed += base.replace_contents(pod.maps[d][name], entries)
+                    except (ValueError, vm.MapError) as e:
+                        raise base.BackendError(f"pod {key}: {d} map {name!r}: {e}") from None
+            return changed
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _pod(self, key: str) -> _Pod:
+        pod = self._pods.get(key)
+        if pod is None:
+            raise base.UnknownPod(f"pod {key} has no programs on node {self.node or '(this)'}")
+        return pod
+
+    def pods(self) -> list[base.PodState]:
+        with self._lock:
+            return [p.state() for _, p in sorted(self._pods.items())]
+
+    def state(self, key: str) -> base.PodState | None:
+        with self._lock:
+            pod = self._pods.get(key)
+            return None if pod is None else pod.state()
+
+    def endpoint(self, key: str) -> base.Endpoint | None:
+        pod = self._pods.get(key)
+        return pod.endpoint if pod else None
+
+    def counters(self, key: str) -> base.Counters:
+        with self._lock:
+            pod = self._pod(key)
+            return base.Counters(*(base.stat_totals(pod.maps[d][layout.STATS.name])
+                                   if layout.STATS.name in pod.maps[d] else (0, 0, 0)
+                                   for d in base.DIRECTIONS))
+
+    def run(self, key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
+        """One packet through a pod's live VM program (it counts and may
+        record connections, as a packet on the wire would)."""
+        with self._lock:
+            result = self._pod(key).programs[direction].run(frame, ktime_ns=1)
+            return result.retval, result.packet
+
+    def trace(self, src: str, dst: str, protocol: str, src_port: int, dst_port: int
+              ) -> base.TraceResult:
+        with self._lock:
+            endpoints = {k: p.endpoint for k, p in self._pods.items()}
+            s, d = base.resolve_end(src, endpoints), base.resolve_end(dst, endpoints)
+            flow = base.pick_flow(s, d, protocol, src_port, dst_port)
+            scratch = {n: vm.VmMap.create(spec) for n, spec in layout.NODE_MAPS.items()}
+            for spec in layout.ENDPOINT_MAPS.values():
+                for k, v in self.node_maps[spec.name].items():
+                    scratch[spec.name].update(k, v)
+            programs = {}
+            for key in {e.key for e in (s, d) if e.key}:
+                pod = self._pods[key]
+                copy = _with_current_entries(pod)
+                programs[key], _ = self._load(copy, scratch)
+
+            def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
+                result = programs[key][direction].run(frame, ktime_ns=1)
+                return result.retval, result.packet
+
+            return base.walk(run, s, d, flow)
+
+
+def _endpoint_map(address: str) -> str:
+    return layout.ENDPOINT_MAPS[6 if ":" in address else 4].name
+
+
+def _with_current_entries(pod: _Pod):
+    """The pod's received program with entries as its maps hold them now
+    (after any UpdateMaps), stats left empty."""
+    entries = {d: {name: dict(m.items()) for name, m in pod.maps[d].items()
+                   if name != layout.STATS.name}
+               for d in base.DIRECTIONS}
+    return dataclasses.replace(pod.received, entries=entries)

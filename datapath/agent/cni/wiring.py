@@ -1,0 +1,351 @@
+"""A pod's veth pair, addresses, routes and neighbours, through pyroute2.
+
+Called by handler.CniHandler for ADD (create), DEL and GC (teardown), CHECK
+(check); GC also lists what exists (host_attachments).
+
+What ADD builds, for a pod with 10.244.1.7 and fd00:10:244:1::7:
+
+    node netns                              pod netns (CNI_NETNS)
+    tl<11 hex>  <---------- veth ---------->  eth0 (CNI_IFNAME)
+      alias "tailor:<containerID>/<ifname>"     10.244.1.7/32, fd00:10:244:1::7/128
+      10.244.1.7 dev tl.. scope link            169.254.1.1 dev eth0 scope link
+      fd00:10:244:1::7 dev tl..                 default via 169.254.1.1 dev eth0
+      neigh 10.244.1.7 lladdr <eth0 MAC>        default via fe80::1 dev eth0
+            PERMANENT (and the IPv6 one)        neigh 169.254.1.1 / fe80::1
+                                                  lladdr <tl.. MAC> PERMANENT
+
+The gateway is the same link-local address in every pod (169.254.1.1 and
+fe80::1, as Calico does): the host side needs no address of its own, the pod's
+routes never change when the node's do, and the static neighbour answers what
+ARP / neighbour discovery would otherwise ask the host. Every packet a pod sends
+therefore goes to the host-side veth, where the pod's eBPF program sits.
+
+The host-side name is `tl` + 11 hex digits of sha256(containerID/ifname):
+15 characters at most (IFNAMSIZ), and DEL or GC can find it from the attachment
+alone, even after the pod's namespace is gone. Deleting the host side deletes
+the pair, and with them their routes and neighbours.
+
+IPv6 duplicate address detection is off on the pod interface (accept_dad=0,
+and the addresses are added with IFA_F_NODAD) so the addresses work the moment
+ADD returns.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
+GATEWAY_V6 = ipaddress.IPv6Address("fe80::1")
+HOST_PREFIX = "tl"
+ALIAS_PREFIX = "tailor:"
+HOST_NAME = re.compile(r"^tl[0-9a-f]{11}$")
+
+NUD_PERMANENT = 0x80
+RT_SCOPE_LINK = 253
+IFA_F_NODAD = 0x02
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class WiringError(Exception):
+    """Netlink refused a step, or (check) the pod's networking differs."""
+
+
+class NetnsMissing(WiringError):
+    """CNI_NETNS does not exist (ADD and CHECK cannot proceed; DEL may)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One wired attachment, as the agent core needs it to attach a program."""
+    container_id: str
+    ifname: str               # inside the pod
+    netns: str
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_ifindex: int
+    pod_mac: str
+    addresses: tuple[Interface, ...]   # as configured: /32 and /128
+
+
+def host_ifname(container_id: str, ifname: str) -> str:
+    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
+    return HOST_PREFIX + digest[:11]
+
+
+def gateway_for(addr: Address) -> Address:
+    return GATEWAY_V4 if addr.version == 4 else GATEWAY_V6
+
+
+class Wiring:
+    """Creates and removes pod veths in the node netns the agent runs in."""
+
+    def __init__(self, mtu: int | None = None):
+        self.mtu = mtu
+
+    # -- ADD --------------------------------------------------------------------
+
+    def create(self, container_id: str, ifname: str, netns: str,
+               addresses: Sequence[Address]) -> Endpoint:
+        """Wire the attachment. On failure whatever was made is removed and
+        WiringError (NetnsMissing when the namespace isn't there) is raised."""
+        host = host_ifname(container_id, ifname)
+        addresses = list(addresses)
+        try:
+            nsfd = os.open(netns, os.O_RDONLY)
+        except OSError as e:
+            raise NetnsMissing(f"network namespace {netns}: {e.strerror}") from None
+        try:
+            with _node() as ipr:
+                try:
+                    self._add_veth(ipr, host, ifname, nsfd)
+                except NetlinkError as e:
+                    raise WiringError(f"creating veth {host} <-> {ifname}: {_why(e)}") from None
+                try:
+                    return self._configure(ipr, container_id, ifname, netns, nsfd, host, addresses)
+                except BaseException:
+                    self._delete_host(host)
+                    raise
+        finally:
+            os.close(nsfd)
+
+    def _add_veth(self, ipr: IPRoute, host: str, ifname: str, nsfd: int) -> None:
+        extra = {"mtu": self.mtu} if self.mtu else {}
+        peer = {"ifname": ifname, "net_ns_fd": nsfd, **extra}
+        try:
+            ipr.link("add", ifname=host, kind="veth", peer=peer, **extra)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+            # A host side left by an ADD that died half-way: same attachment,
+            # so it is ours to replace.
+            self._delete_host(host)
+            ipr.link("add", ifname=host, kind="veth", peer=peer, **extra)
+
+    def _configure(self, ipr: IPRoute, container_id: str, ifname: str, netns: str, nsfd: int,
+                   host: str, addresses: list[Address]) -> Endpoint:
+        try:
+            (host_idx,) = ipr.link_lookup(ifname=host)
+            host_mac = ipr.get_links(host_idx)[0].get("address")
+            ipr.link("set", index=host_idx, ifalias=f"{ALIAS_PREFIX}{container_id}/{ifname}")
+        except (NetlinkError, ValueError) as e:
+            raise WiringError(f"host side {host}: {_why(e)}") from None
+        dad_off = ifname if any(a.version == 6 for a in addresses) else None
+        try:
+            with _pod(netns, nsfd, disable_dad=dad_off) as pod:
+                links = pod.link_lookup(ifname=ifname)
+                if not links:
+                    raise WiringError(f"{ifname} did not appear in {netns}")
+                pod_idx = links[0]
+                pod_mac = pod.get_links(pod_idx)[0].get("address")
+                for addr in addresses:
+                    pod.addr("add", index=pod_idx, address=str(addr), prefixlen=addr.max_prefixlen,
+                             **({"flags": IFA_F_NODAD} if addr.version == 6 else {}))
+                pod.link("set", index=pod_idx, state="up")
+                for version in sorted({a.version for a in addresses}):
+                    gw = GATEWAY_V4 if version == 4 else GATEWAY_V6
+                    family = socket.AF_INET if version == 4 else socket.AF_INET6
+                    pod.neigh("add", dst=str(gw), lladdr=host_mac, ifindex=pod_idx,
+                              state=NUD_PERMANENT, family=family)
+                    if version == 4:   # fe80::/64 is on-link already
+                        pod.route("add", dst=f"{gw}/32", oif=pod_idx, scope=RT_SCOPE_LINK)
+                    default = "0.0.0.0/0" if version == 4 else "::/0"
+                    pod.route("add", dst=default, gateway=str(gw), oif=pod_idx, family=family)
+        except NetlinkError as e:
+            raise WiringError(f"configuring {ifname} in {netns}: {_why(e)}") from None
+        try:
+            ipr.link("set", index=host_idx, state="up")
+            for addr in addresses:
+                family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+                ipr.route("add", dst=f"{addr}/{addr.max_prefixlen}", oif=host_idx,
+                          scope=RT_SCOPE_LINK, family=family)
+                ipr.neigh("add", dst=str(addr), lladdr=pod_mac, ifindex=host_idx,
+                          state=NUD_PERMANENT, family=family)
+        except NetlinkError as e:
+            raise WiringError(f"host routes via {host}: {_why(e)}") from None
+        return Endpoint(container_id, ifname, netns, host, host_idx, host_mac, pod_idx, pod_mac,
+                        tuple(ipaddress.ip_interface(f"{a}/{a.max_prefixlen}") for a in addresses))
+
+    # -- DEL / GC -----------------------------------------------------------------
+
+    def teardown(self, container_id: str, ifname: str, netns: str | None = None) -> bool:
+        """Remove the attachment's veth pair (and so its routes and
+        neighbours). Already gone is success; returns whether anything was
+        there. `netns` is not needed: the host side's name is derived."""
+        return self._delete_host(host_ifname(container_id, ifname))
+
+    def host_attachments(self) -> dict[tuple[str, str], str]:
+        """(containerID, ifname) -> host ifname for every tailor veth in the
+        node, read back from the host sides' aliases."""
+        out = {}
+        with _node() as ipr:
+            for link in ipr.get_links():
+                name, alias = link.get("ifname") or "", link.get("ifalias") or ""
+                if not HOST_NAME.match(name) or not alias.startswith(ALIAS_PREFIX):
+                    continue
+                container_id, _, ifname = alias[len(ALIAS_PREFIX):].rpartition("/")
+                out[(container_id, ifname)] = name
+        return out
+
+    def _delete_host(self, host: str) -> bool:
+        with _node() as ipr:
+            try:
+                ipr.link("del", ifname=host)
+                return True
+            except NetlinkError as e:
+                if e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                    return False
+                raise WiringError(f"deleting {host}: {_why(e)}") from None
+            except (KeyError, IndexError):   # pyroute2 found no such name
+                return False
+
+    # -- CHECK --------------------------------------------------------------------
+
+    def check(self, container_id: str, ifname: str, netns: str,
+              addresses: Iterable[Address], pod_mac: str | None = None) -> None:
+        """Raise WiringError unless the attachment looks as ADD left it: both
+        ends up, the pod's addresses, its gateway neighbours and default
+        routes, and the host's routes to the pod. Routes a later plugin
+        added are allowed."""
+        addresses = list(addresses)
+        host = host_ifname(container_id, ifname)
+        with _node() as ipr:
+            links = ipr.link_lookup(ifname=host)
+            if not links:
+                raise WiringError(f"host-side veth {host} is missing")
+            host_link = ipr.get_links(links[0])[0]
+            host_mac = host_link.get("address")
+            _require(host_link.get("operstate") in ("UP", "UNKNOWN"), f"{host} is not up")
+            host_routes = {(r.get("dst"), r.get("oif")) for fam in (socket.AF_INET, socket.AF_INET6)
+                           for r in ipr.get_routes(family=fam, oif=links[0])}
+            for addr in addresses:
+                _require((str(addr), links[0]) in host_routes, f"host route to {addr} via {host} is missing")
+        with _pod(netns) as ipr:
+            pods = ipr.link_lookup(ifname=ifname)
+            _require(bool(pods), f"{ifname} is missing in {netns}")
+            pod = ipr.get_links(pods[0])[0]
+            _require(pod.get("operstate") in ("UP", "UNKNOWN"), f"{ifname} is not up")
+            if pod_mac:
+                _require(pod.get("address") == pod_mac.lower(),
+                         f"{ifname} has MAC {pod.get('address')}, prevResult says {pod_mac}")
+            have = {(a.get("address"), a.get("prefixlen")) for a in ipr.get_addr(index=pods[0])}
+            for addr in addresses:
+                _require((str(addr), addr.max_prefixlen) in have, f"{ifname} lacks address {addr}")
+            neighbours = {(n.get("dst"), n.get("lladdr"), n.get("state"))
+                          for fam in (socket.AF_INET, socket.AF_INET6)
+                          for n in ipr.get_neighbours(family=fam, ifindex=pods[0])}
+            routes = {(r.get("dst"), r.get("gateway")) for fam in (socket.AF_INET, socket.AF_INET6)
+                      for r in ipr.get_routes(family=fam, oif=pods[0])}
+            for gw in sorted({gateway_for(a) for a in addresses}, key=str):
+                _require((str(gw), host_mac, NUD_PERMANENT) in neighbours,
+                         f"static neighbour {gw} -> {host_mac} is missing in {netns}")
+                _require((None, str(gw)) in routes, f"default route via {gw} is missing in {netns}")
+
+
+# -- helpers ------------------------------------------------------------------------
+
+def _node() -> IPRoute:
+    """A netlink socket in the node netns, for requests only (pyroute2's
+    default also subscribes to every link/address/route event, which a burst
+    of pod starts turns into a flood every socket has to read)."""
+    return IPRoute(groups=0)
+
+
+@contextlib.contextmanager
+def _pod(netns: str, nsfd: int | None = None, disable_dad: str | None = None):
+    """IPRoute inside the pod's netns.
+
+    The netlink socket is opened by a short-lived thread that has entered the
+    namespace (setns changes only the calling thread's namespace, and the
+    thread ends there): the same socket `IPRoute(netns=path)` gets, without
+    the helper process pyroute2 forks for it, which a 200-pod burst would pay
+    200 times. The thread also turns off IPv6 DAD for `disable_dad`, a
+    /proc/sys/net write that netlink cannot do."""
+    def inside():
+        if disable_dad:
+            _disable_dad(disable_dad)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach()
+
+    fd = _in_netns(netns, nsfd, inside)
+    try:
+        ipr = IPRoute(fileno=fd, groups=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _in_netns(netns: str, nsfd: int | None, fn, *args):
+    """Run fn(*args) on a fresh thread that has entered `netns` (by path, or
+    by an open descriptor `nsfd`)."""
+    box: dict = {}
+
+    def run():
+        try:
+            fd = nsfd if nsfd is not None else os.open(netns, os.O_RDONLY)
+            try:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                if nsfd is None:
+                    os.close(fd)
+            box["value"] = fn(*args)
+        except BaseException as e:   # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="tailor-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        e = box["error"]
+        if isinstance(e, FileNotFoundError):
+            raise NetnsMissing(f"network namespace {netns} does not exist")
+        raise WiringError(f"in {netns}: {e}")
+    return box.get("value")
+
+
+def _disable_dad(ifname: str) -> None:
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad"
+    if os.path.exists(path):   # absent when IPv6 is disabled in the pod
+        with open(path, "w") as f:
+            f.write("0")
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise WiringError(message)
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, NetlinkError):
+        return f"{os.strerror(e.code)} (netlink error {e.code})"
+    return str(e)

@@ -1,0 +1,139 @@
+"""The wire protocol between the `tailor` CNI plugin and the node agent.
+
+Both sides import this module: the plugin (a short-lived executable that must
+stay cheap to start) and the agent's CNI server (datapath/agent/cni/server.py).
+It therefore imports only the standard library's json and socket.
+
+One request per connection over a unix stream socket (default
+`/run/tailor/cni.sock`, created mode 0600 by the agent). The plugin writes one
+JSON object terminated by a newline; the agent answers with one JSON object
+terminated by a newline and closes the connection.
+
+Request::
+
+    {"command": "ADD" | "DEL" | "CHECK" | "STATUS" | "GC",
+     "containerID": "...",          # "" for STATUS and GC
+     "netns": "/var/run/netns/x",   # "" when the runtime gave none (DEL may)
+     "ifname": "eth0",              # "" for STATUS and GC
+     "args": {"K8S_POD_NAMESPACE": "...", "K8S_POD_NAME": "...",
+              "K8S_POD_UID": "...", ...},   # every CNI_ARGS pair
+     "config": {...}}               # the whole network config from stdin,
+                                    # prevResult and cni.dev/valid-attachments included
+
+Response::
+
+    {"ok": true, "result": {...}}   # ADD: a CNI 1.1.0 result; others: {}
+    {"ok": false, "code": N, "msg": "...", "details": "..."}
+
+The agent always answers in the 1.1.0 result shape; the plugin converts the
+result to the config's cniVersion (`result_for_version`), so the agent never
+needs to know which spec version a runtime speaks.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
+DEFAULT_SOCKET = "/run/tailor/cni.sock"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+MAX_MESSAGE_BYTES = 4 << 20   # a netconf with a prevResult is a few KiB
+
+CNI_VERSION = "1.1.0"
+SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+
+# Error codes. 1-99 are the CNI spec's well-known codes; 100 and up are
+# tailor's own (the spec leaves them to the plugin).
+ERR_INCOMPATIBLE_VERSION = 1
+ERR_UNSUPPORTED_FIELD = 2
+ERR_UNKNOWN_CONTAINER = 3
+ERR_INVALID_ENV = 4
+ERR_IO = 5
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN = 11
+ERR_NOT_AVAILABLE = 50            # STATUS: cannot service ADD
+ERR_NOT_AVAILABLE_LIMITED = 51    # STATUS: ... and existing pods may be cut off
+ERR_INTERNAL = 100                # an unexpected failure in the agent
+ERR_IPAM_EXHAUSTED = 101          # no free address in a pod CIDR
+ERR_WIRING = 102                  # netlink refused the veth, an address or a route
+ERR_ATTACH = 103                  # the pod's program was rejected
+ERR_CHECK_FAILED = 104            # CHECK: the pod's networking differs from prevResult
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not one newline-terminated JSON object."""
+
+
+def encode(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict:
+    try:
+        message = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("not a JSON object")
+    return message
+
+
+def read_message(sock: socket.socket, deadline: float | None = None) -> dict:
+    """Read one newline-terminated JSON object. With `deadline` (a
+    `time.monotonic()` value) no recv waits past it; `TimeoutError` escapes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ProtocolError("connection closed before a complete message")
+        chunks.append(chunk)
+        size += len(chunk)
+        if b"\n" in chunk:
+            break
+        if size > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    data = b"".join(chunks)
+    return decode(data[:data.index(b"\n")])
+
+
+def request(command: str, container_id: str, netns: str, ifname: str,
+            args: dict, config: dict) -> dict:
+    return {"command": command, "containerID": container_id, "netns": netns,
+            "ifname": ifname, "args": args, "config": config}
+
+
+def ok(result: dict | None = None) -> dict:
+    return {"ok": True, "result": result or {}}
+
+
+def error(code: int, msg: str, details: str = "") -> dict:
+    return {"ok": False, "code": int(code), "msg": msg, "details": details}
+
+
+def result_for_version(result: dict, version: str) -> dict:
+    """Convert a 1.1.0 result to the shape `version` defines.
+
+    1.1.0 added `mtu`, `socketPath`, `pciID` to interfaces and `mtu`,
+    `advmss`, `priority`, `table`, `scope` to routes; 1.0.0 removed the
+    `version` ("4"/"6") field that 0.4.0's ip entries carry."""
+    out = dict(result, cniVersion=version)
+    if version == CNI_VERSION:
+        return out
+    out["interfaces"] = [{k: v for k, v in i.items() if k in ("name", "mac", "sandbox")}
+                         for i in result.get("interfaces", [])]
+    out["routes"] = [{k: v for k, v in r.items() if k in ("dst", "gw")}
+                     for r in result.get("routes", [])]
+    ips = [dict(ip) for ip in result.get("ips", [])]
+    if version == "0.4.0":
+        for ip in ips:
+            ip["version"] = "6" if ":" in ip["address"] else "4"
+    out["ips"] = ips
+    return out

@@ -1,0 +1,106 @@
+"""Call the real `tailor-cni` executable as a container runtime would.
+
+Called by lab.up (ADD per pod) and lab.down (DEL per pod), and by tests.
+The plugin runs inside the node's namespace with the CNI environment
+(CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS=/var/run/netns/<pod ns>,
+CNI_IFNAME=eth0, CNI_ARGS with the pod's namespace, name and uid, CNI_PATH)
+and the network config on stdin; it talks to the node's agent over the
+agent's unix socket.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from tailor.datapath.lab import netns as netns_
+from tailor.datapath.lab import plan as plan_
+
+CNI_VERSION = "1.1.0"
+TIMEOUT_SECONDS = 20
+
+
+class CniError(Exception):
+    """The plugin answered with a CNI error (or nothing usable); the message names the pod."""
+
+    def __init__(self, pod: str, command: str, code: int | None, msg: str, details: str = ""):
+        self.pod, self.command, self.code, self.msg, self.details = pod, command, code, msg, details
+        text = f"CNI {command} for {pod} failed"
+        if code is not None:
+            text += f" with code {code}"
+        text += f": {msg}" + (f" ({details})" if details else "")
+        super().__init__(text)
+
+
+def plugin() -> str:
+    """The tailor-cni executable beside this Python, else on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "tailor-cni")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("tailor-cni")
+    if not found:
+        raise FileNotFoundError("tailor-cni is not installed: pip install -e . puts it beside python3")
+    return found
+
+
+def netconf(lab: dict, node: dict, pod: dict) -> dict:
+    return {"cniVersion": CNI_VERSION, "name": f"tailor-lab-{lab['name']}", "type": "tailor",
+            "agentSocket": node["cni_socket"], "timeoutSeconds": TIMEOUT_SECONDS,
+            "ipam": {"ranges": plan_.pod_ranges(_node_plan(node), tuple(pod["families"]))}}
+
+
+def add(lab: dict, node: dict, pod: dict) -> dict:
+    """CNI ADD; the parsed 1.1.0 result."""
+    return _call("ADD", lab, node, pod) or {}
+
+
+def delete(lab: dict, node: dict, pod: dict) -> None:
+    """CNI DEL (idempotent; works after the pod's namespace is gone)."""
+    _call("DEL", lab, node, pod)
+
+
+def addresses(result: dict) -> list[str]:
+    """The pod's addresses (no prefix length) from an ADD result, in order."""
+    return [ip["address"].split("/")[0] for ip in result.get("ips", [])]
+
+
+def host_interface(result: dict) -> str:
+    for iface in result.get("interfaces", []):
+        if not iface.get("sandbox"):
+            return iface.get("name", "")
+    return ""
+
+
+def _call(command: str, lab: dict, node: dict, pod: dict) -> dict | None:
+    exe = plugin()
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "CNI_COMMAND": command, "CNI_CONTAINERID": pod["container_id"],
+           "CNI_NETNS": netns_.path(pod["netns"]) if netns_.exists(pod["netns"]) else "",
+           "CNI_IFNAME": plan_.POD_IFNAME,
+           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod['namespace']};"
+                       f"K8S_POD_NAME={pod['name']};K8S_POD_UID={pod['uid']}",
+           "CNI_PATH": os.path.dirname(exe)}
+    config = json.dumps(netconf(lab, node, pod))
+    try:
+        proc = subprocess.run(netns_.exec_argv(node["netns"], [exe]), input=config, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_SECONDS + 5)
+    except subprocess.TimeoutExpired:
+        raise CniError(pod["ref"], command, None, f"tailor-cni gave no answer in {TIMEOUT_SECONDS + 5}s")
+    out = proc.stdout.strip()
+    try:
+        answer = json.loads(out) if out else None
+    except ValueError:
+        answer = None
+    if proc.returncode != 0:
+        if isinstance(answer, dict) and "code" in answer:
+            raise CniError(pod["ref"], command, answer["code"], answer.get("msg", ""), answer.get("details", ""))
+        raise CniError(pod["ref"], command, None, f"tailor-cni exited {proc.returncode}",
+                       (proc.stderr or out).strip()[-500:])
+    return answer
+
+
+def _node_plan(node: dict) -> plan_.NodePlan:
+    return plan_.NodePlan(node["name"], node["index"], node["netns"], node["switch_port"],
+                          tuple(node["underlay"]), tuple(node["pod_cidrs"]))

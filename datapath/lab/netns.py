@@ -1,0 +1,136 @@
+"""Network namespaces for the lab: the switch, the nodes, the pods.
+
+Called by lab.up/down and tests. Everything goes through the `ip` command
+(iproute2) so each step is what an engineer would type, and errors come
+back with the command that failed. Nothing is ever made in the root
+namespace: each veth is created inside the switch namespace with its peer
+put straight into the node's namespace.
+
+    <lab>.switch:  br0 (up, no address) with ports n1..nN
+    <lab>.<node>:  eth0 192.168.77.<i>/24 (fd00:77::<i>/64), forwarding on,
+                   rp_filter off, a route to every other node's pod CIDRs
+                   via that node's underlay address (native routing)
+    <lab>.p.*:     empty but for lo (up); the CNI plugin adds eth0
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+
+NETNS_DIR = "/var/run/netns"
+NODE_SYSCTLS = (
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv6.conf.all.forwarding=1",
+    "net.ipv6.conf.default.accept_dad=0",
+    "net.ipv6.conf.all.accept_dad=0",
+)
+
+
+class NetnsError(Exception):
+    """An `ip` command failed; the message holds the command and its stderr."""
+
+
+def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
+    argv = ["ip"] + (["-n", netns] if netns else []) + list(args)
+    return _run(argv, check)
+
+
+def batch(commands: Sequence[str], netns: str | None = None) -> None:
+    """Several `ip` commands in one process (`ip -batch`), failing at the first error."""
+    if not commands:
+        return
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)} failed: {proc.stderr.strip()}\ncommands:\n  "
+                         + "\n  ".join(commands))
+
+
+def exec_argv(netns: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` inside `netns`. nsenter enters the network
+    namespace only: `ip netns exec` would also mount a fresh /sys, hiding
+    the bpffs at /sys/fs/bpf where the agents pin their programs."""
+    return ["nsenter", f"--net={path(netns)}", "--", *argv]
+
+
+def path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(path(name))
+
+
+def names() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def add(name: str) -> None:
+    ip("netns", "add", name)
+    ip("link", "set", "lo", "up", netns=name)
+
+
+def delete(name: str) -> bool:
+    """Delete a namespace (and every interface in it); False if there was none."""
+    if not exists(name):
+        return False
+    ip("netns", "delete", name)
+    return True
+
+
+def sysctl(netns: str, settings: Iterable[str]) -> None:
+    _run(exec_argv(netns, ["sysctl", "-q", "-w", *settings]), True)
+
+
+# -- the lab's pieces -------------------------------------------------------------
+
+def make_switch(netns: str, bridge: str) -> None:
+    add(netns)
+    batch([f"link add {bridge} type bridge stp_state 0 forward_delay 0",
+           f"link set {bridge} up"], netns=netns)
+
+
+def make_node(switch_netns: str, bridge: str, node: dict, ifname: str) -> None:
+    """The node's namespace, its veth into the switch, its addresses and forwarding."""
+    add(node["netns"])
+    sysctl(node["netns"], NODE_SYSCTLS)
+    port = node["switch_port"]
+    batch([f"link add {port} type veth peer name {ifname} netns {node['netns']}",
+           f"link set {port} master {bridge}",
+           f"link set {port} up"], netns=switch_netns)
+    batch([f"addr add {a} dev {ifname}" + (" nodad" if ":" in a else "") for a in node["underlay"]]
+          + [f"link set {ifname} up"], netns=node["netns"])
+
+
+def route_nodes(nodes: Sequence[dict]) -> None:
+    """In every node, each other node's pod CIDRs via that node's underlay address."""
+    for node in nodes:
+        commands = []
+        for other in nodes:
+            if other is node:
+                continue
+            gateways = {_family(a): a.split("/")[0] for a in other["underlay"]}
+            for cidr in other["pod_cidrs"]:
+                commands.append(f"route replace {cidr} via {gateways[_family(cidr)]}")
+        batch(commands, netns=node["netns"])
+
+
+def make_pod(netns: str) -> None:
+    add(netns)
+
+
+def _family(text: str) -> int:
+    return 6 if ":" in text else 4
+
+
+def _run(argv: Sequence[str], check: bool) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)} failed: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+    return proc.stdout

@@ -1,0 +1,151 @@
+"""What a lab is made of, before anything is made: node names, underlay
+addresses, pod CIDRs, pod placement and namespace names.
+
+Called by lab.up (the plan is then written to the state file, which every
+later step reads) and by tests. Pure: no I/O.
+
+Naming: every network namespace starts with the lab's name, so two labs
+never collide:
+
+    <lab>.switch                  the underlay: bridge br0, one port per node
+    <lab>.<node>                  a node (its underlay interface is eth0)
+    <lab>.p.<namespace>.<pod>     a pod (`.<kind>` appended for a workload's pod)
+
+Interface names stay short whatever the names (IFNAMSIZ is 16 with the NUL):
+the switch's ports are `n<i>`, the node side is `eth0`, the pods' host sides
+are the CNI's `tl` + 11 hex digits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+import uuid
+
+from tailor.operator.cluster.state import ClusterState
+
+UNDERLAY_V4 = ipaddress.ip_network("192.168.77.0/24")
+UNDERLAY_V6 = ipaddress.ip_network("fd00:77::/64")
+POD_V4 = "10.244.{i}.0/24"
+POD_V6 = "fd00:10:244:{i}::/64"
+BRIDGE = "br0"
+NODE_IFNAME = "eth0"
+POD_IFNAME = "eth0"
+DEFAULT_NODES = 2
+MAX_NODES = 200
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$")
+NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+
+
+class PlanError(ValueError):
+    """The manifests and options cannot make a lab; the message says why and what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePlan:
+    name: str
+    index: int                       # 1-based; the node's pod CIDRs and underlay host part
+    netns: str
+    switch_port: str                 # the node's veth end in the switch namespace
+    underlay: tuple[str, ...]        # interface addresses with prefix: IPv4, then IPv6
+    pod_cidrs: tuple[str, ...]
+
+    @property
+    def underlay_ips(self) -> tuple[str, ...]:
+        return tuple(str(ipaddress.ip_interface(a).ip) for a in self.underlay)
+
+
+@dataclasses.dataclass(frozen=True)
+class PodPlan:
+    namespace: str
+    name: str
+    kind: str
+    ref: str                         # ns/name[Kind], as the model prints it
+    node: str
+    netns: str
+    uid: str
+    container_id: str
+    families: tuple[int, ...]        # the families the pod asks for, primary first
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    name: str
+    switch_netns: str
+    nodes: tuple[NodePlan, ...]
+    pods: tuple[PodPlan, ...]
+    ipv6: bool
+
+    def node(self, name: str) -> NodePlan:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise PlanError(f"lab name {name!r}: use 1-16 lowercase letters, digits and '-' "
+                        "(it prefixes every namespace the lab makes)")
+
+
+def make(state: ClusterState, name: str, nodes: int | None = None) -> Plan:
+    """The plan for the pods of `state` on `nodes` nodes (default: 2, or as
+    many as the manifests name)."""
+    check_name(name)
+    pods = state.sorted_pods()
+    if not pods:
+        raise PlanError("the manifests declare no pods: a lab needs at least one Pod or workload")
+    named = sorted({p.node for p in pods if p.node} | set(state.nodes))
+    for n in named:
+        if not NODE_NAME.match(n):
+            raise PlanError(f"node name {n!r} is not a DNS-1123 subdomain")
+    count = nodes if nodes is not None else max(DEFAULT_NODES, len(named))
+    if count < 1 or count > MAX_NODES:
+        raise PlanError(f"--nodes {count}: a lab has 1 to {MAX_NODES} nodes")
+    if len(named) > count:
+        raise PlanError(f"the manifests name {len(named)} nodes ({', '.join(named)}) but the lab has "
+                        f"{count}: pass --nodes {len(named)} or more")
+    names = list(named)
+    i = 1
+    while len(names) < count:
+        candidate = f"node{i}"
+        if candidate not in names:
+            names.append(candidate)
+        i += 1
+    ipv6 = any(6 in p.families for p in pods)
+    node_plans = tuple(_node(name, i, n, ipv6) for i, n in enumerate(names, 1))
+    placed, turn = [], 0
+    for pod in pods:
+        # spec.nodeName pins a pod; the rest go round-robin.
+        if pod.node:
+            node = pod.node
+        else:
+            node = names[turn % count]
+            turn += 1
+        placed.append(_pod(name, pod, node))
+    return Plan(name, f"{name}.switch", node_plans, tuple(placed), ipv6)
+
+
+def _node(lab: str, index: int, name: str, ipv6: bool) -> NodePlan:
+    underlay = [f"{UNDERLAY_V4.network_address + index}/{UNDERLAY_V4.prefixlen}"]
+    cidrs = [POD_V4.format(i=index)]
+    if ipv6:
+        underlay.append(f"{UNDERLAY_V6.network_address + index}/{UNDERLAY_V6.prefixlen}")
+        cidrs.append(POD_V6.format(i=f"{index:x}"))
+    return NodePlan(name, index, f"{lab}.{name}", f"n{index}", tuple(underlay), tuple(cidrs))
+
+
+def _pod(lab: str, pod, node: str) -> PodPlan:
+    suffix = "" if pod.kind == "Pod" else f".{pod.kind.lower()}"
+    digest = hashlib.sha256(f"{lab}/{pod.ref}".encode()).hexdigest()
+    return PodPlan(pod.namespace, pod.name, pod.kind, pod.ref, node,
+                   f"{lab}.p.{pod.namespace}.{pod.name}{suffix}",
+                   str(uuid.uuid5(uuid.NAMESPACE_URL, f"tailor-lab:{lab}/{pod.ref}")),
+                   f"{lab}-{digest[:16]}", pod.families or (4,))
+
+
+def pod_ranges(node: NodePlan, families: tuple[int, ...]) -> list[list[dict]]:
+    """The netconf's ipam.ranges for a pod on `node`: one range set per family
+    the pod asks for, primary first, so a single-stack pod stays single-stack
+    on a dual-stack node."""
+    by_family = {ipaddress.ip_network(c).version: c for c in node.pod_cidrs}
+    return [[{"subnet": by_family[f]}] for f in families if f in by_family]

@@ -1,0 +1,188 @@
+"""The lab's long-running processes: one node agent per node and the controller.
+
+Called by lab.up/down and by tests (the kill -9 test restarts an agent with
+the argv recorded here). Each process runs in its own session (it outlives
+`tailor lab up`), logs to `<run_dir>/<name>.log`, and is recorded in the
+state file under `processes` with its PID and argv before `up` waits for it.
+A PID is only ever signalled after /proc/<pid>/cmdline shows it is still
+the process the lab started (PIDs are reused).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tailor.datapath.lab import netns as netns_
+from tailor.datapath.lab import state as state_
+
+READY_SECONDS = 30.0
+STOP_SECONDS = 5.0
+
+
+class ProcessError(Exception):
+    """A process did not start or did not become ready; the message quotes its log."""
+
+
+def python() -> list[str]:
+    return [sys.executable]
+
+
+def agent_argv(data: dict, node: dict) -> list[str]:
+    """Kernel: the real agent (`tailor agent`). Emulated: the same core and
+    backend behind datapath/lab/emulated.py, which stands in for the CNI."""
+    source = f"unix:{os.path.join(data['run_dir'], 'controller.sock')}"
+    if data["backend"] == "emulated":
+        return python() + ["-m", "tailor.datapath.lab.emulated", "--node", node["name"],
+                           "--listen", f"unix:{node['agent_socket']}",
+                           "--wire", f"unix:{node['cni_socket']}", "--program-source", source]
+    argv = python() + ["-m", "tailor.cli.main", "agent", "--node", node["name"],
+                       "--backend", "kernel", "--listen", f"unix:{node['agent_socket']}",
+                       "--socket", node["cni_socket"], "--program-source", source,
+                       "--bpffs-root", node["bpffs_root"], "--state-dir", node["state_dir"]]
+    for cidr in node["pod_cidrs"]:
+        argv += ["--pod-cidr", cidr]
+    return argv
+
+
+def controller_argv(data: dict) -> list[str]:
+    return python() + ["-m", "tailor.datapath.lab.controller", "--state",
+                       os.path.join(data["run_dir"], state_.FILE)]
+
+
+def start(data: dict, key: str, argv: list[str], netns: str | None = None) -> int:
+    """Start `argv` (inside `netns` if given), record it, return its PID."""
+    log = os.path.join(data["run_dir"], key.replace("/", "-") + ".log")
+    full = netns_.exec_argv(netns, argv) if netns else list(argv)
+    with open(log, "ab") as out:
+        out.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(full)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=_env())
+    # `ip netns exec` execs the command, so this PID is the process itself.
+    data.setdefault("processes", {})[key] = {"pid": proc.pid, "argv": argv, "netns": netns, "log": log}
+    state_.save(data)
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def restart(data: dict, key: str) -> int:
+    """Start a recorded process again with the same arguments (the old one must be gone)."""
+    entry = data["processes"][key]
+    return start(data, key, entry["argv"], entry.get("netns"))
+
+
+def alive(entry: dict | None) -> bool:
+    """Whether the recorded process is still running (not a zombie) and is ours."""
+    if not entry:
+        return False
+    pid = entry["pid"]
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    wanted = [a.encode() for a in entry["argv"][1:4]]
+    return all(w in cmdline for w in wanted)
+
+
+def signal_process(entry: dict, sig: int) -> bool:
+    if not alive(entry):
+        return False
+    try:
+        os.kill(entry["pid"], sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(data: dict, key: str, timeout: float = STOP_SECONDS) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`; False if it was not running."""
+    entry = data.get("processes", {}).get(key)
+    if not signal_process(entry, signal.SIGTERM):
+        return False
+    deadline = time.monotonic() + timeout
+    while alive(entry) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(entry):
+        signal_process(entry, signal.SIGKILL)
+        while alive(entry) and time.monotonic() < deadline + 2:
+            time.sleep(0.05)
+    return True
+
+
+def log_tail(entry: dict | None, lines: int = 15) -> str:
+    if not entry:
+        return ""
+    try:
+        with open(entry["log"], errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def wait_agent(data: dict, node: dict, timeout: float = READY_SECONDS) -> None:
+    """Until the node's agent answers Health with ready=true."""
+    import grpc
+
+    from tailor.datapath.agent.api import agent_pb2 as pb
+    from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
+
+    key = f"agent/{node['name']}"
+    entry = data["processes"][key]
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
+        stub = pb_grpc.AgentStub(channel)
+        while time.monotonic() < deadline:
+            if not alive(entry):
+                raise ProcessError(f"the agent of {node['name']} exited; its log "
+                                   f"({entry['log']}) ends:\n{log_tail(entry)}")
+            try:
+                health = stub.Health(pb.HealthRequest(), timeout=1)
+                if health.ready:
+                    return
+                last = "answered ready=false"
+            except grpc.RpcError as e:
+                last = e.details() or str(e.code())
+            time.sleep(0.1)
+    raise ProcessError(f"the agent of {node['name']} was not ready after {timeout:g}s ({last}); "
+                       f"its log ({entry['log']}) ends:\n{log_tail(entry)}")
+
+
+def wait_socket(data: dict, key: str, path: str, timeout: float = READY_SECONDS) -> None:
+    """Until a unix socket accepts connections (the controller)."""
+    import socket
+
+    entry = data["processes"][key]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(entry):
+            raise ProcessError(f"{key} exited; its log ({entry['log']}) ends:\n{log_tail(entry)}")
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(path)
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise ProcessError(f"{key} did not listen on {path} after {timeout:g}s; "
+                       f"its log ({entry['log']}) ends:\n{log_tail(entry)}")
+
+
+# Popen objects of the processes this Python process started, so that
+# alive() can reap them instead of seeing zombies.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env

@@ -1,0 +1,240 @@
+"""The Agent gRPC service end to end over a unix socket, on the emulated
+backend: pods are wired by the core's CNI callable (attach_pod) with
+made-up endpoints, programs arrive by Apply or from a ProgramSource."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+import agent_world as world
+from tailor.datapath.agent import core, server, source
+from tailor.datapath.agent.api import agent_pb2 as pb
+from tailor.datapath.agent.api import agent_pb2_grpc as rpc
+from tailor.datapath.agent.backends import base, emulated
+from tailor.operator.compiler import layout
+
+
+def endpoint(name: str, index: int) -> base.Endpoint:
+    return base.Endpoint(container_id=f"c-{name}", ifname="eth0", netns=f"/var/run/netns/{name}",
+                         host_ifname=f"tl{name[:11]}", host_ifindex=100 + index,
+                         host_mac=bytes([2, 0xFE, 0, 0, 0, index]), pod_mac=bytes([2, 0, 0, 0, 0, index]),
+                         addresses=(world.ADDRESSES[name],))
+
+
+def ref(name: str, uid: str | None = None) -> pb.PodRef:
+    return pb.PodRef(namespace="app", name=name, uid=f"uid-{name}" if uid is None else uid)
+
+
+def pod_dict(name: str) -> dict:
+    return {"namespace": "app", "name": name, "uid": f"uid-{name}", "containerID": f"c-{name}"}
+
+
+@pytest.fixture(scope="module")
+def programs():
+    return world.programs()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """(core, stub) on a unix socket."""
+    c = core.Core("node-a", emulated.EmulatedBackend("node-a"), attach_timeout=2.0)
+    c.start()
+    sock = f"unix:{tmp_path}/agent.sock"
+    srv = server.serve(c, sock)
+    channel = grpc.insecure_channel(sock)
+    yield c, rpc.AgentStub(channel)
+    channel.close()
+    srv.stop(None)
+    c.stop()
+
+
+def test_health(agent):
+    c, stub = agent
+    h = stub.Health(pb.HealthRequest())
+    assert (h.node, h.backend, h.ready, h.pods) == ("node-a", "emulated", True, 0)
+
+
+def test_apply_before_wiring_is_pending_then_loaded_when_the_pod_is_wired(agent, programs):
+    c, stub = agent
+    r = stub.Apply(pb.ApplyRequest(program=programs["server"]))
+    assert r.changed and r.status.state == pb.PENDING
+    assert "waiting for the pod's interface" in r.status.message
+    c.attach_pod(pod_dict("server"), endpoint("server", 1))    # returns: the program is known
+    got = stub.Get(pb.GetRequest(pod=ref("server")))
+    assert got.state == pb.LOADED and got.hash == programs["server"].hash
+    assert got.interface == "tlserver" and got.ingress.instructions > 0
+    assert "ifindex 101" in got.egress.attach
+
+
+def test_apply_is_idempotent_by_hash(agent, programs):
+    c, stub = agent
+    stub.Apply(pb.ApplyRequest(program=programs["client"]))
+    c.attach_pod(pod_dict("client"), endpoint("client", 0))
+    again = stub.Apply(pb.ApplyRequest(program=programs["client"]))
+    assert not again.changed and again.status.state == pb.LOADED
+    other = world.programs(with_policy=False)["client"]
+    assert other.hash == programs["client"].hash    # the client's own logic did not change
+    assert not stub.Apply(pb.ApplyRequest(program=other)).changed
+
+
+def _later_apply(stub, program, delay=0.2):
+    """Apply `program` from another thread after `delay` (a CNI ADD that
+    arrives first must wait for it)."""
+    def run():
+        time.sleep(delay)
+        stub.Apply(pb.ApplyRequest(program=program))
+    threading.Thread(target=run).start()
+
+
+def test_cni_attach_waits_for_apply(agent, programs):
+    c, stub = agent
+    _later_apply(stub, programs["other"])
+    started = time.monotonic()
+    c.attach_pod(pod_dict("other"), endpoint("other", 2))
+    assert 0.15 < time.monotonic() - started < 2
+    assert stub.Get(pb.GetRequest(pod=ref("other"))).state == pb.LOADED
+
+
+def test_cni_attach_times_out_with_a_clear_message(agent):
+    c, _ = agent
+    c.attach_timeout = 0.3
+    with pytest.raises(core.ProgramUnavailable, match="no program for pod app/ghost"):
+        c.attach_pod({"namespace": "app", "name": "ghost", "uid": "u"}, endpoint("other", 9))
+    c.detach_pod("c-other", "eth0")        # what the CNI side does to undo the ADD
+
+
+def test_list_trace_counters_update_maps_remove(agent, programs):
+    c, stub = agent
+    for name in world.ADDRESSES:
+        stub.Apply(pb.ApplyRequest(program=programs[name]))
+    for i, name in enumerate(world.ADDRESSES):
+        c.attach_pod(pod_dict(name), endpoint(name, i))
+    listed = stub.List(pb.ListRequest())
+    assert [(p.pod.name, p.state) for p in listed.pods] == [
+        ("client", pb.LOADED), ("other", pb.LOADED), ("server", pb.LOADED)]
+
+    ok = stub.Trace(pb.TraceRequest(src="app/client", dst="app/server", protocol="TCP", dst_port=80))
+    assert ok.allowed
+    assert [(s.pod, s.direction, s.verdict) for s in ok.steps] == [
+        ("app/client", "egress", "redirect"), ("app/server", "ingress", "pass"),
+        ("app/server", "egress", "redirect"), ("app/client", "ingress", "pass")]
+    port = stub.Trace(pb.TraceRequest(src="app/client", dst="app/server", protocol="TCP", dst_port=81))
+    assert not port.allowed and port.steps[-1].verdict == "drop"
+    by_address = stub.Trace(pb.TraceRequest(src="10.244.0.13", dst="app/server", protocol="UDP",
+                                            dst_port=80))
+    assert not by_address.allowed and by_address.steps[0].pod == "app/other"
+    outside = stub.Trace(pb.TraceRequest(src="app/client", dst="192.0.2.1", protocol="TCP", dst_port=443))
+    assert outside.allowed and [s.direction for s in outside.steps] == ["egress", "ingress"]
+
+    # Traces run on scratch copies: the live counters stay at zero.
+    counters = stub.Counters(pb.CountersRequest(pod=ref("client")))
+    assert counters.egress.redirected == 0 and counters.egress.allowed == 0
+    frame = _frame("10.244.0.11", "10.244.0.12", 80)
+    retval, _ = c.backend.run("app/client", "egress", frame)
+    assert retval == 7    # TC_ACT_REDIRECT
+    assert stub.Counters(pb.CountersRequest(pod=ref("client"))).egress.redirected == 1
+
+    # Peer churn: take the client out of the server's peers -> the trace drops.
+    peers = {k: v for k, v in c._programs["app/server"].entries["ingress"].items()}
+    assert "peers4" in peers
+    upd = stub.UpdateMaps(pb.UpdateMapsRequest(pod=ref("server"), maps=[
+        pb.MapContents(direction="ingress", map="peers4", entries=[])]))
+    assert upd.changed_entries == len(peers["peers4"])
+    assert not stub.Trace(pb.TraceRequest(src="app/client", dst="app/server", protocol="TCP",
+                                          dst_port=80)).allowed
+    back = stub.UpdateMaps(pb.UpdateMapsRequest(pod=ref("server"), maps=[
+        pb.MapContents(direction="ingress", map="peers4",
+                       entries=[pb.MapEntry(key=k, value=v) for k, v in peers["peers4"].items()])]))
+    assert back.changed_entries == len(peers["peers4"])
+    assert stub.Trace(pb.TraceRequest(src="app/client", dst="app/server", protocol="TCP",
+                                      dst_port=80)).allowed
+
+    assert stub.Remove(pb.RemoveRequest(pod=ref("server"))).removed
+    assert not stub.Remove(pb.RemoveRequest(pod=ref("server"))).removed
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Get(pb.GetRequest(pod=ref("server")))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "app/server" in e.value.details()
+    key = layout.pack_addr("10.244.0.12")
+    assert c.backend.node_maps["endpoints4"].lookup(key) is None     # Remove drops the endpoint entry
+
+
+def _frame(src, dst, port):
+    from tailor.datapath import packets as pk
+    return pk.frame(pk.Flow(src, dst, "TCP", 40000, port))
+
+
+def test_errors_name_the_pod(agent, programs):
+    c, stub = agent
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Counters(pb.CountersRequest(pod=ref("nobody")))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "app/nobody" in e.value.details()
+    stub.Apply(pb.ApplyRequest(program=programs["server"]))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.UpdateMaps(pb.UpdateMapsRequest(pod=ref("server"), maps=[
+            pb.MapContents(direction="ingress", map="nosuch")]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "app/server" in e.value.details()
+    bad = pb.PodProgram()
+    bad.CopyFrom(programs["server"])
+    bad.ingress.relocations.add(slot=0, map="ct4", pseudo=1)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Apply(pb.ApplyRequest(program=bad))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "app/server" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Trace(pb.TraceRequest(src="app/nobody", dst="app/server", protocol="TCP", dst_port=80))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "app/nobody" in e.value.details()
+
+
+def test_rejected_program_reports_failed_and_keeps_the_old_one(agent, programs):
+    c, stub = agent
+    stub.Apply(pb.ApplyRequest(program=programs["client"]))
+    c.attach_pod(pod_dict("client"), endpoint("client", 0))
+    broken = pb.PodProgram()
+    broken.CopyFrom(programs["client"])
+    broken.hash = "broken"
+    broken.ingress.insns = b"\x95" + b"\0" * 7 + b"\xff" * 8     # exit, then an unknown opcode
+    broken.ingress.ClearField("relocations")
+    broken.ingress.ClearField("annotations")
+    r = stub.Apply(pb.ApplyRequest(program=broken))
+    assert not r.changed and r.status.state == pb.FAILED
+    assert "app/client" in r.status.message and programs["client"].hash in r.status.message
+    assert r.status.hash == programs["client"].hash                    # still in force
+    assert stub.Apply(pb.ApplyRequest(program=programs["client"])).status.state == pb.LOADED
+
+
+class _Source(rpc.ProgramSourceServicer):
+    def __init__(self, programs, unknown_first: int = 1):
+        self.programs, self.calls, self.unknown_first = programs, 0, unknown_first
+
+    def ProgramFor(self, request, context):
+        self.calls += 1
+        if self.calls <= self.unknown_first:
+            context.abort(grpc.StatusCode.NOT_FOUND, "not compiled yet")
+        assert request.node == "node-a" and list(request.addresses) == ["10.244.0.12"]
+        return self.programs[request.pod.name]
+
+
+def test_cni_attach_asks_the_program_source_and_retries(tmp_path, programs):
+    servicer = _Source(programs)
+    src = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    rpc.add_ProgramSourceServicer_to_server(servicer, src)
+    address = f"unix:{tmp_path}/source.sock"
+    src.add_insecure_port(address)
+    src.start()
+    client = source.GrpcProgramSource(address)
+    c = core.Core("node-a", emulated.EmulatedBackend("node-a"), program_for=client, attach_timeout=5)
+    c.start()
+    try:
+        c.attach_pod(pod_dict("server"), endpoint("server", 1))
+        assert servicer.calls == 2
+        assert c.get("app", "server").state == base.State.LOADED
+        c.detach_pod("c-server", "eth0")
+        c.detach_pod("c-server", "eth0")                # idempotent
+        assert c.get("app", "server").state == base.State.PENDING
+    finally:
+        client.close()
+        src.stop(None)
+        c.stop()

@@ -1,0 +1,88 @@
+"""The lab's underlay: switch, node namespaces, forwarding and routes; made
+and removed without leaving anything in the root namespace."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tailor.datapath.lab import netns
+
+pytestmark = pytest.mark.kernel
+LAB = "tnet"
+
+
+def _nodes(n: int) -> list[dict]:
+    return [{"name": f"node{i}", "netns": f"{LAB}.node{i}", "switch_port": f"n{i}",
+             "underlay": [f"192.168.77.{i}/24", f"fd00:77::{i}/64"],
+             "pod_cidrs": [f"10.244.{i}.0/24", f"fd00:10:244:{i}::/64"]} for i in range(1, n + 1)]
+
+
+def _root_links() -> set[str]:
+    out = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
+    return {link["ifname"] for link in out}
+
+
+@pytest.fixture
+def underlay():
+    before = _root_links()
+    nodes = _nodes(3)
+    try:
+        netns.make_switch(f"{LAB}.switch", "br0")
+        for node in nodes:
+            netns.make_node(f"{LAB}.switch", "br0", node, "eth0")
+        netns.route_nodes(nodes)
+        yield nodes
+    finally:
+        for name in [n["netns"] for n in nodes] + [f"{LAB}.switch"]:
+            netns.delete(name)
+    # Other tests make namespaces and links meanwhile: look only for ours.
+    assert [n for n in netns.names() if n.startswith(f"{LAB}.")] == []
+    assert {"br0", "n1", "n2", "n3"} & (_root_links() - before) == set()
+
+
+def _echo(src_netns: str, dst_netns: str, address: str) -> str:
+    server = subprocess.Popen(netns.exec_argv(dst_netns, [sys.executable, "-m", "tailor.datapath.lab.serve",
+                                                          "--udp", "7777"]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        out = subprocess.run(netns.exec_argv(src_netns, [sys.executable, "-m", "tailor.datapath.lab.dial"]),
+                             input=json.dumps([{"id": 0, "address": address, "protocol": "UDP", "port": 7777}]),
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["0"]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_nodes_reach_each_other_over_the_switch(underlay):
+    assert _echo(underlay[0]["netns"], underlay[2]["netns"], "192.168.77.3") == "open"
+    assert _echo(underlay[2]["netns"], underlay[1]["netns"], "fd00:77::2") == "open"
+
+
+def test_nodes_forward_and_route_pod_cidrs_natively(underlay):
+    node1 = underlay[0]["netns"]
+    out = subprocess.run(netns.exec_argv(node1, ["sysctl", "-n", "net.ipv4.ip_forward",
+                                                 "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.rp_filter"]),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "0"]
+    routes = netns.ip("route", netns=node1) + netns.ip("-6", "route", netns=node1)
+    assert "10.244.2.0/24 via 192.168.77.2 dev eth0" in routes
+    assert "10.244.3.0/24 via 192.168.77.3 dev eth0" in routes
+    assert "fd00:10:244:3::/64 via fd00:77::3 dev eth0" in routes
+    assert "10.244.1.0/24" not in routes
+
+
+def test_pod_namespace_is_empty_but_for_lo():
+    name = f"{LAB}.p.x.a"
+    try:
+        netns.make_pod(name)
+        links = json.loads(netns.ip("-j", "link", netns=name))
+        assert [(l["ifname"], "UP" in l["flags"]) for l in links] == [("lo", True)]
+    finally:
+        assert netns.delete(name)
+    assert not netns.exists(name)
+    assert netns.delete(name) is False
