@@ -91,6 +91,27 @@ class Desired:
         """Send this pod again next time (its agent lost it: restart, drift)."""
         self._sent.pop(pod, None)
 
+    def given(self, pod: str, node: str | None, programs, entries) -> None:
+        """The pod's agent got this program another way (the CNI hand-off
+        returned it): the same as a sent apply."""
+        self._sent[pod] = _Sent(programs.hash, entries, node)
+
+    def last_entries(self, pod: str) -> dict:
+        sent = self._sent.get(pod)
+        return sent.entries if sent else {}
+
     def last_hash(self, pod: str) -> str | None:
         sent = self._sent.get(pod)
         return sent.hash if sent else None
+
+
+def changed_maps(before: dict, after: dict) -> dict:
+    """{direction: {map: entries}} for the maps whose contents differ (a map
+    that emptied is included, empty): what an UpdateMaps must carry."""
+    out: dict = {}
+    for direction in set(before) | set(after):
+        old, new = before.get(direction, {}), after.get(direction, {})
+        for name in set(old) | set(new):
+            if old.get(name) != new.get(name):
+                out.setdefault(direction, {})[name] = new.get(name, {})
+    return out

@@ -40,6 +40,7 @@ from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
 from tailor.datapath.lab import state as state_
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.objects import Node
+from tailor.operator import affected, desired
 from tailor.operator.compiler import mapdata, program, resolve
 
 log = logging.getLogger("tailor.lab.controller")
@@ -47,17 +48,6 @@ SERVICE = "tailor.lab.v1.Controller"
 PUSH_TIMEOUT = 10.0
 MAX_RETRIES = 25
 RETRY_SECONDS = 0.2
-
-
-@dataclasses.dataclass
-class Registered:
-    """A wired pod and what its agent was last given."""
-    uid: str
-    node: str
-    spec: object = None           # the ProgramSpec the programs were compiled from
-    programs: object = None
-    hash: str = ""                # last pushed (or returned) program hash
-    entries: dict = dataclasses.field(default_factory=dict)   # last pushed map contents
 
 
 class Controller:
@@ -76,21 +66,24 @@ class Controller:
             self.state.add_node(Node(node["name"], labels,
                                      tuple(a.split("/")[0] for a in node["underlay"])))
         self.agents = {n["name"]: n["agent_socket"] for n in lab["nodes"]}
-        self.pods: dict[tuple, Registered] = {}
+        self.desired = desired.Desired()
+        self.uids: dict[str, str] = {}        # pod ref -> uid of the wired pod
+        self.pending: set[str] = set()        # pods a change may have affected
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.generation = 0       # bumped by every registration
         self.pushed_generation = 0
         self.retries = 0          # consecutive push rounds with a failure
-        self.counters = {"programs": 0, "applied": 0, "updated": 0, "unchanged": 0, "failed": 0}
+        self.counters = {"programs": 0, "applied": 0, "updated": 0, "failed": 0}
         self.failures: list[str] = []
         self._channels: dict[str, grpc.Channel] = {}
 
     # -- registrations ------------------------------------------------------------
 
     def register(self, uid: str, namespace: str, name: str, node: str,
-                 addresses: list[str]) -> tuple[pb.PodProgram, Registered]:
-        """A pod wired on `node` with `addresses` -> its PodProgram message."""
+                 addresses: list[str]) -> pb.PodProgram:
+        """A pod wired on `node` with `addresses` -> its PodProgram message.
+        The pods its arrival affects are queued for the pusher."""
         with self.lock:
             declared = self.declared.get(uid) or self._by_name(namespace, name)
             if declared is None:
@@ -98,35 +91,22 @@ class Controller:
             if node not in self.agents:
                 raise KeyError(f"node {node} is not in lab {self.lab['name']}")
             ips = tuple(a.split("/")[0] for a in addresses)
+            old = self.state.pods.get(declared.key)
             pod = self.state.add_pod(dataclasses.replace(declared, node=node, ips=ips))
-            reg = self.pods.get(pod.key)
-            if reg is None or reg.uid != uid or reg.node != node:
-                reg = self.pods[pod.key] = Registered(uid, node)
-            message, entries = self._compile(pod, reg)
-            reg.hash, reg.entries = reg.programs.hash, entries
+            self.uids[pod.ref] = uid
+            spec = resolve.resolve(self.state, pod)
+            programs = program.compile_pod(spec)
+            entries = mapdata.entries(spec)
+            self.desired.given(pod.ref, node, programs, entries)
+            self.pending |= affected.by_pod(self.state, old, pod) - {pod.ref}
             self.counters["programs"] += 1
             self.generation += 1
             self.changed.notify_all()
-            return message, reg
+            return wire.to_proto(pod.namespace, pod.name, uid, programs, entries, pod.ips)
 
     def _by_name(self, namespace: str, name: str):
         found = [p for p in self.declared.values() if p.namespace == namespace and p.name == name]
         return found[0] if len(found) == 1 else None
-
-    def _compile(self, pod, reg: Registered):
-        """(message, map entries); the programs are recompiled only when the
-        spec's logic changed (membership is not part of spec equality)."""
-        spec = resolve.resolve(self.state, pod)
-        if reg.spec is None or reg.spec != spec:
-            reg.programs = program.compile_pod(spec)
-        reg.spec = spec
-        # Only the maps the programs declare: a peer's IPv6 address is in the
-        # membership even when this pod's program has no IPv6 maps.
-        declared = {d: {m.name for m in getattr(reg.programs, d).maps} for d in wire.DIRECTIONS}
-        entries = {d: {m: t for m, t in tables.items() if m in declared[d]}
-                   for d, tables in mapdata.entries(spec).items()}
-        message = wire.to_proto(pod.namespace, pod.name, reg.uid, reg.programs, entries, pod.ips)
-        return message, entries
 
     # -- pushing ------------------------------------------------------------------
 
@@ -146,53 +126,49 @@ class Controller:
                     self.generation += 1
                 self.changed.notify_all()
             if failed:
-                stop = threading.Event()
-                stop.wait(RETRY_SECONDS)
+                threading.Event().wait(RETRY_SECONDS)
 
-    def _plan_pushes(self) -> list[tuple[str, str, object]]:
-        """Under the lock: what each registered pod's agent needs now."""
+    def _plan_pushes(self) -> list:
+        """Under the lock: (node, rpc, request, push) for each affected pod
+        whose agent holds something else than it should."""
         work = []
-        for key, reg in sorted(self.pods.items()):
-            pod = self.state.pods.get(key)
-            if pod is None:
-                continue
-            message, entries = self._compile(pod, reg)
-            if reg.programs.hash != reg.hash:
-                # Its own logic changed (e.g. a named port now resolves): reload.
-                work.append((reg.node, "Apply", pb.ApplyRequest(program=message)))
-            elif entries != reg.entries:
-                # Only peers came or went: replace the maps whose contents differ.
-                maps = [pb.MapContents(direction=d, map=m, entries=[
-                            pb.MapEntry(key=k, value=v) for k, v in sorted(entries.get(d, {}).get(m, {}).items())])
-                        for d in wire.DIRECTIONS
-                        for m in sorted(set(entries.get(d, {})) | set(reg.entries.get(d, {})))
-                        if entries.get(d, {}).get(m) != reg.entries.get(d, {}).get(m)]
-                work.append((reg.node, "UpdateMaps", pb.UpdateMapsRequest(pod=message.pod, maps=maps)))
-            else:
-                self.counters["unchanged"] += 1
-                continue
-            reg.hash, reg.entries = reg.programs.hash, entries
+        for push in self.desired.plan(self.state, self.pending):
+            uid = self.uids[push.pod]
+            pod = self.state.find_pod(push.pod)
+            if push.action == desired.APPLY and push.programs is not None:
+                message = wire.to_proto(pod.namespace, pod.name, uid, push.programs, push.entries, pod.ips)
+                work.append((push.node, "Apply", pb.ApplyRequest(program=message), push))
+            elif push.action == desired.MAPS:
+                # Only peers came or went: the maps whose contents differ.
+                changed = desired.changed_maps(self.desired.last_entries(push.pod), push.entries)
+                maps = [pb.MapContents(direction=d, map=m, entries=[pb.MapEntry(key=k, value=v)
+                                                                    for k, v in sorted(table.items())])
+                        for d, tables in sorted(changed.items()) for m, table in sorted(tables.items())]
+                ref = pb.PodRef(namespace=pod.namespace, name=pod.name, uid=uid)
+                work.append((push.node, "UpdateMaps", pb.UpdateMapsRequest(pod=ref, maps=maps), push))
+        self.pending = set()
         return work
 
-    def _push(self, node: str, kind: str, request) -> bool:
+    def _push(self, node: str, kind: str, request, push) -> bool:
         stub = pb_grpc.AgentStub(self._channel(node))
         pod = request.program.pod if kind == "Apply" else request.pod
         try:
             getattr(stub, kind)(request, timeout=PUSH_TIMEOUT)
-            self.counters["applied" if kind == "Apply" else "updated"] += 1
-            log.info("%s %s/%s on %s", kind, pod.namespace, pod.name, node)
-            return True
         except grpc.RpcError as e:
             self.counters["failed"] += 1
             text = f"{kind} {pod.namespace}/{pod.name} on {node}: {e.code().name}: {e.details()}"
             self.failures.append(text)
             log.error("%s", text)
             with self.lock:
-                # Forget what was pushed, so the next change tries again.
-                for reg in self.pods.values():
-                    if reg.uid == pod.uid:
-                        reg.hash, reg.entries = "", {}
+                # Plan this pod again on the next round.
+                self.desired.forget(push.pod)
+                self.pending.add(push.pod)
             return False
+        with self.lock:
+            self.desired.sent(push)
+            self.counters["applied" if kind == "Apply" else "updated"] += 1
+        log.info("%s %s/%s on %s", kind, pod.namespace, pod.name, node)
+        return True
 
     def _channel(self, node: str) -> grpc.Channel:
         if node not in self._channels:
@@ -204,7 +180,7 @@ class Controller:
             target = self.generation
             done = lambda: self.pushed_generation >= max(target, self.generation if self.retries else 0)
             self.changed.wait_for(done, timeout)
-            return {"synced": done(), "pods": len(self.pods),
+            return {"synced": done(), "pods": len(self.uids),
                     **self.counters, "failures": self.failures[-10:]}
 
 
@@ -214,8 +190,8 @@ class ProgramSource(pb_grpc.ProgramSourceServicer):
 
     def ProgramFor(self, request, context):
         try:
-            message, _ = self.controller.register(request.pod.uid, request.pod.namespace,
-                                                  request.pod.name, request.node, list(request.addresses))
+            message = self.controller.register(request.pod.uid, request.pod.namespace,
+                                               request.pod.name, request.node, list(request.addresses))
         except KeyError as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
         except Exception as e:   # a compile error names the pod; the agent reports it

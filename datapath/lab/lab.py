@@ -236,7 +236,7 @@ def _sync(data: dict, echo: Echo) -> None:
     from tailor.datapath.lab import controller
 
     answer = controller.call(os.path.join(data["run_dir"], "controller.sock"), "Sync", {"timeout": 60})
-    data["pushes"] = {k: answer[k] for k in ("programs", "applied", "updated", "unchanged", "failed")}
+    data["pushes"] = {k: answer[k] for k in ("programs", "applied", "updated", "failed")}
     if not answer["synced"] or answer["failures"]:
         raise LabError("pushes to the agents failed: " + "; ".join(answer["failures"] or ["timed out"]))
 

@@ -4,7 +4,9 @@ Called by the datapath (initial load and updates on peer churn), by
 
 Returns {direction: {map name: {key bytes: value bytes}}} in the layouts of
 `compiler.layout`. When a peer joins or leaves a group, only these entries
-change; the program and its hash stay the same.
+change; the program and its hash stay the same. Only the pod's own families
+appear: a dual-stack peer's IPv6 address means nothing to an IPv4-only pod,
+whose programs have no IPv6 maps.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def entries(spec: ProgramSpec) -> dict[str, dict[str, dict[bytes, bytes]]]:
                 bits.setdefault(address, set()).add(members.index)
         for address, group_bits in sorted(bits.items()):
             family = ipaddress.ip_address(address).version
+            if family not in spec.families:
+                continue
             maps.setdefault(f"peers{family}", {})[layout.pack_addr(address)] = \
                 layout.pack_bitmap(group_bits, words)
         slots: dict[bytes, set[int]] = {}
@@ -36,6 +40,8 @@ def entries(spec: ProgramSpec) -> dict[str, dict[str, dict[bytes, bytes]]]:
                 slots.setdefault(key, set()).add(members.slot)
                 families[key] = ipaddress.ip_address(address).version
         for key, slot_bits in sorted(slots.items()):
+            if families[key] not in spec.families:
+                continue
             maps.setdefault(f"nports{families[key]}", {})[key] = layout.pack_bitmap(slot_bits, 1)
         out[direction] = maps
     return out

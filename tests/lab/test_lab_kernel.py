@@ -49,17 +49,8 @@ def _snapshot() -> dict:
             "run": os.path.exists(state_.run_dir(NAME))}
 
 
-def _need_agent_cli() -> None:
-    try:
-        from tailor.cli import agent  # noqa: F401
-    except ImportError:
-        if not os.environ.get("TAILOR_LAB_AGENT_STANDIN"):
-            pytest.skip("the node agent's CLI (cli/agent.py, `tailor agent`) has not landed yet")
-
-
 @pytest.fixture(scope="module")
 def up():
-    _need_agent_cli()
     if state_.exists(NAME):
         lab.down(NAME, echo=lambda _: None)
     before = _snapshot()
