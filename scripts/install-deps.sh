@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(libbpf1 iproute2 kmod)
-[[ "${1:-}" == "--test" ]] && apt_pkgs+=(llvm-19)   # llvm-mc/objdump 19: the assembler's reference
+apt_pkgs=(libbpf1 iproute2 util-linux)   # util-linux: nsenter
+# llvm-mc/objdump 19: the assembler's reference; bpftool: an independent view of links.
+[[ "${1:-}" == "--test" ]] && apt_pkgs+=(llvm-19 bpftool)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
