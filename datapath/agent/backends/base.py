@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from tailor.datapath import packets as pk
 from tailor.datapath.ebpf.helper_ids import TcAct
+from tailor.operator.compiler import layout
 
 DIRECTIONS = ("ingress", "egress")
 # TC_ACT_* values a program may return that let the packet go on.
@@ -298,3 +299,24 @@ def stat_totals(m) -> tuple[int, int, int]:
         per_cpu = value if isinstance(value, list) else [value] if value else []
         out.append(sum(int.from_bytes(v[:8], "little") for v in per_cpu))
     return tuple(out)
+
+
+def put_endpoints(node_maps: dict, ep: Endpoint) -> None:
+    """List the pod in the node-wide endpoints maps (either backend's map
+    objects): same-node traffic to its addresses is redirected to its veth."""
+    value = layout.pack_endpoint(ep.host_ifindex, ep.pod_mac, ep.host_mac)
+    for address in ep.addresses:
+        node_maps[_endpoint_map(address)].update(layout.pack_addr(address), value)
+
+
+def drop_endpoints(node_maps: dict, ep: Endpoint) -> None:
+    for address in ep.addresses:
+        m = node_maps[_endpoint_map(address)]
+        current = m.lookup(layout.pack_addr(address))
+        # Only our own entry: the address may already belong to a new pod.
+        if current is not None and layout.ENDPOINT.unpack(current)[0] == ep.host_ifindex:
+            m.delete(layout.pack_addr(address))
+
+
+def _endpoint_map(address: str) -> str:
+    return layout.ENDPOINT_MAPS[ipaddress.ip_address(address).version].name

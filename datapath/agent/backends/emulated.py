@@ -78,10 +78,10 @@ class EmulatedBackend(base.Backend):
                 return old.state(), False
             programs, maps = self._load(received, self.node_maps)
             if old is not None:
-                self._drop_endpoints(old.endpoint)
+                base.drop_endpoints(self.node_maps, old.endpoint)
             pod = _Pod(endpoint, received, programs, maps)
             self._pods[key] = pod
-            self._put_endpoints(endpoint)
+            base.put_endpoints(self.node_maps, endpoint)
             return pod.state(), True
 
     def _load(self, received, node_maps) -> tuple[dict, dict]:
@@ -107,25 +107,13 @@ class EmulatedBackend(base.Backend):
                                         f"in the VM: {e}") from None
         return programs, owned
 
-    def _put_endpoints(self, ep: base.Endpoint) -> None:
-        value = layout.pack_endpoint(ep.host_ifindex, ep.pod_mac, ep.host_mac)
-        for address in ep.addresses:
-            self.node_maps[_endpoint_map(address)].update(layout.pack_addr(address), value)
-
-    def _drop_endpoints(self, ep: base.Endpoint) -> None:
-        for address in ep.addresses:
-            m = self.node_maps[_endpoint_map(address)]
-            current = m.lookup(layout.pack_addr(address))
-            # Only our own entry: the address may already belong to a new pod.
-            if current is not None and layout.ENDPOINT.unpack(current)[0] == ep.host_ifindex:
-                m.delete(layout.pack_addr(address))
 
     def detach(self, key: str) -> bool:
         with self._lock:
             pod = self._pods.pop(key, None)
             if pod is None:
                 return False
-            self._drop_endpoints(pod.endpoint)
+            base.drop_endpoints(self.node_maps, pod.endpoint)
             return True
 
     def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
@@ -201,10 +189,6 @@ class EmulatedBackend(base.Backend):
                 return result.retval, result.packet
 
             return base.walk(run, s, d, flow)
-
-
-def _endpoint_map(address: str) -> str:
-    return layout.ENDPOINT_MAPS[6 if ":" in address else 4].name
 
 
 def _with_current_entries(pod: _Pod):

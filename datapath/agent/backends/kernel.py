@@ -150,7 +150,7 @@ class KernelBackend(base.Backend):
                 pod = self._adopt(dirname)
                 if pod is not None:
                     self._pods[pod.key] = pod
-                    self._put_endpoints(pod.endpoint)
+                    base.put_endpoints(self.node_maps, pod.endpoint)
                     adopted.append(base.Adopted(self._pod_state(pod), pod.endpoint, pod.received))
             # State left by a pod whose pins are gone (e.g. bpffs remounted).
             for dirname in os.listdir(os.path.join(self.state_dir, "pods")):
@@ -322,9 +322,9 @@ class KernelBackend(base.Backend):
                     side.close()
                 raise
             if old is not None:
-                self._drop_endpoints(old.endpoint)
+                base.drop_endpoints(self.node_maps, old.endpoint)
             self._pods[key] = pod
-            self._put_endpoints(endpoint)
+            base.put_endpoints(self.node_maps, endpoint)
             return self._pod_state(pod), True
 
     def _load(self, received) -> dict[str, _Side]:
@@ -489,22 +489,10 @@ class KernelBackend(base.Backend):
     def _remove_pod_files(self, dirname: str, endpoint: base.Endpoint) -> None:
         self._remove_pins(dirname)
         shutil.rmtree(self._state(dirname), ignore_errors=True)
-        self._drop_endpoints(endpoint)
+        base.drop_endpoints(self.node_maps, endpoint)
 
     # -- endpoints -----------------------------------------------------------------------
 
-    def _put_endpoints(self, ep: base.Endpoint) -> None:
-        value = layout.pack_endpoint(ep.host_ifindex, ep.pod_mac, ep.host_mac)
-        for address in ep.addresses:
-            self.node_maps[_endpoint_map(address)].update(layout.pack_addr(address), value)
-
-    def _drop_endpoints(self, ep: base.Endpoint) -> None:
-        for address in ep.addresses:
-            m = self.node_maps[_endpoint_map(address)]
-            current = m.lookup(layout.pack_addr(address))
-            # Only our own entry: the address may already belong to a new pod.
-            if current is not None and layout.ENDPOINT.unpack(current)[0] == ep.host_ifindex:
-                m.delete(layout.pack_addr(address))
 
     # -- maps ----------------------------------------------------------------------------
 
@@ -667,10 +655,6 @@ def _fill_program(part: pb.Program, insns, maps) -> None:
                       value_size=m.value_size, max_entries=m.max_entries, flags=m.flags)
     part.instructions = len(insns)
     part.annotations.extend(i.comment or "" for i in insns)
-
-
-def _endpoint_map(address: str) -> str:
-    return layout.ENDPOINT_MAPS[6 if ":" in address else 4].name
 
 
 def _write_atomic(path: str, data: bytes) -> None:
