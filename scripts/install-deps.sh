@@ -28,6 +28,14 @@ extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
 echo "install-deps: pip install -e .${extras}" >&2
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
+if [[ "${1:-}" == "--test" ]]; then
+    # Helm as a library, to lint the chart and install it into the kmock API
+    # emulator (tests/charts, tests/operator). helm-sdkpy declares Python >= 3.12
+    # but works on 3.11, hence --ignore-requires-python.
+    echo "install-deps: pip install helm-sdkpy kmock" >&2
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        --ignore-requires-python "helm-sdkpy>=0.1.32" "kmock>=0.8"
+fi
 
 if [[ $EUID -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
     echo "install-deps: mounting bpffs at /sys/fs/bpf" >&2

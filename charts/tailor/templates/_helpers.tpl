@@ -1,0 +1,46 @@
+{{/* Names and labels shared by the templates. */}}
+
+{{- define "tailor.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tailor.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tailor.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "tailor.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "tailor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (list . "agent"). */}}
+{{- define "tailor.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "tailor.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "tailor.agentName" -}}
+{{- printf "%s-agent" (include "tailor.fullname" .) -}}
+{{- end -}}
+
+{{- define "tailor.operatorName" -}}
+{{- printf "%s-operator" (include "tailor.fullname" .) -}}
+{{- end -}}
+
+{{/* Where agents reach the operator's ProgramSource. */}}
+{{- define "tailor.programSource" -}}
+{{- printf "%s.%s.svc:%d" (include "tailor.operatorName" .) .Release.Namespace (int .Values.ports.operatorSource) -}}
+{{- end -}}
