@@ -8,8 +8,9 @@ import argparse
 import sys
 
 from tailor.cli import agent, bpf, connectivity, lab, programs
+from tailor.cli import operator as operator_
 
-SUBCOMMANDS = (connectivity, programs, bpf, lab, agent)
+SUBCOMMANDS = (connectivity, programs, bpf, lab, agent, operator_)
 
 
 def build_parser() -> argparse.ArgumentParser:

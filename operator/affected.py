@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from tailor.operator.cluster.adminpolicy import AdminPolicy
 from tailor.operator.cluster.networkpolicy import NetworkPolicy
-from tailor.operator.cluster.objects import Pod
+from tailor.operator.cluster.objects import Node, Pod
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.policy import admin
 
@@ -112,6 +112,20 @@ def by_network_policy(state: ClusterState, old: NetworkPolicy | None,
 
 def by_admin_policy(state: ClusterState, old: AdminPolicy | None, new: AdminPolicy | None) -> set[str]:
     return set().union(*(_admin_subjects(state, p) for p in (old, new) if p is not None))
+
+
+def by_node(state: ClusterState, old: Node | None, new: Node | None) -> set[str]:
+    """A Node was created, relabelled, re-addressed or deleted: the subjects
+    of every admin policy with a `nodes` peer that selects it before or after
+    (its addresses are that peer's map contents)."""
+    versions = [n for n in (old, new) if n is not None]
+    out: set[str] = set()
+    for policy in _all_admin(state):
+        selectors = [peer.node_selector for rule in policy.ingress + policy.egress
+                     for peer in rule.peers if peer.kind == "nodes"]
+        if any(s.matches(n.labels) for s in selectors for n in versions):
+            out |= _admin_subjects(state, policy)
+    return out
 
 
 def union(*sets: Iterable[str]) -> set[str]:

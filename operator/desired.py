@@ -39,6 +39,8 @@ class _Sent:
     hash: str
     entries: dict
     node: str | None
+    spec: ProgramSpec | None = None          # the shape it was compiled from
+    programs: program.PodPrograms | None = None
 
 
 class Desired:
@@ -53,6 +55,7 @@ class Desired:
         refs = sorted(set(pods)) if pods is not None else sorted(
             {p.ref for p in state.pods.values()} | set(self._sent))
         by_ref = {p.ref: p for p in state.pods.values()}
+        memo: dict = {}            # peer groups, shared by the pods planned in this state
         out = []
         for ref in refs:
             pod = by_ref.get(ref)
@@ -62,18 +65,23 @@ class Desired:
                 continue
             if not pod.ips:
                 continue
-            out.extend(self._plan_pod(state, pod))
+            out.extend(self._plan_pod(state, pod, memo))
         return out
 
-    def _plan_pod(self, state: ClusterState, pod) -> list[Push]:
-        spec = resolve.resolve(state, pod)
-        try:
-            compiled = program.compile_pod(spec)
-        except program.CompileError as e:
-            return [Push(APPLY, pod.ref, pod.node, spec, error=str(e))]
-        self.compiled += 1
-        entries = mapdata.entries(spec)
+    def _plan_pod(self, state: ClusterState, pod, memo: dict) -> list[Push]:
+        spec = resolve.resolve(state, pod, memo=memo)
         sent = self._sent.get(pod.ref)
+        if sent is not None and sent.programs is not None and sent.spec == spec:
+            # The same shape (ProgramSpec equality leaves map contents out, and
+            # the compiler reads nothing else): the same bytes, no compile.
+            compiled = sent.programs
+        else:
+            try:
+                compiled = program.compile_pod(spec)
+            except program.CompileError as e:
+                return [Push(APPLY, pod.ref, pod.node, spec, error=str(e))]
+            self.compiled += 1
+        entries = mapdata.entries(spec)
         if sent is None or sent.hash != compiled.hash or sent.node != pod.node:
             return [Push(APPLY, pod.ref, pod.node, spec, compiled, entries)]
         if sent.entries != entries:
@@ -85,16 +93,22 @@ class Desired:
         if push.action == REMOVE:
             self._sent.pop(push.pod, None)
         elif push.programs is not None:
-            self._sent[push.pod] = _Sent(push.programs.hash, push.entries, push.node)
+            self._sent[push.pod] = _Sent(push.programs.hash, push.entries, push.node, push.spec,
+                                         push.programs)
 
     def forget(self, pod: str) -> None:
         """Send this pod again next time (its agent lost it: restart, drift)."""
         self._sent.pop(pod, None)
 
-    def given(self, pod: str, node: str | None, programs, entries) -> None:
+    def given(self, pod: str, node: str | None, programs, entries, spec: ProgramSpec | None = None) -> None:
         """The pod's agent got this program another way (the CNI hand-off
         returned it): the same as a sent apply."""
-        self._sent[pod] = _Sent(programs.hash, entries, node)
+        self._sent[pod] = _Sent(programs.hash, entries, node, spec, programs if spec else None)
+
+    def sent_to(self, node: str) -> dict[str, str]:
+        """{pod ref: hash} of what `node`'s agent was sent (or given) and
+        should hold now: what the reconcile loop checks an agent against."""
+        return {ref: s.hash for ref, s in self._sent.items() if s.node == node}
 
     def last_entries(self, pod: str) -> dict:
         sent = self._sent.get(pod)

@@ -50,14 +50,20 @@ class ClusterState:
     def add_node(self, node: Node) -> None:
         self.nodes[node.name] = node
 
-    def add_pod(self, pod: Pod, families: tuple[int, ...] = addresses.DEFAULT_FAMILIES) -> Pod:
+    def add_pod(self, pod: Pod, families: tuple[int, ...] = addresses.DEFAULT_FAMILIES, *,
+                allocate: bool = True) -> Pod:
         """Create or replace a pod. Without addresses it keeps the ones it had
-        (a relabel keeps its IPs) or gets new ones from the default pools."""
+        (a relabel keeps its IPs) or gets new ones from the default pools.
+        With `allocate=False` (the operator: addresses come from the CNI's
+        IPAM or the pod's status, never from tailor's pools) it keeps the ones
+        it had, whatever their families, or stays without addresses."""
         old = self.pods.get(pod.key)
         if old is not None:
             self._unindex(old)
         if not pod.ips:
-            if old is not None and old.families == tuple(sorted(families)):
+            if not allocate:
+                ips = old.ips if old is not None else ()
+            elif old is not None and old.families == tuple(sorted(families)):
                 ips = old.ips
             else:
                 ips = addresses.allocate(families, self._pods_by_ip)

@@ -19,6 +19,7 @@ emitted at all:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 
@@ -50,7 +51,7 @@ class Program:
     def instructions(self) -> int:
         return isa.slot_count(self.insns)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         h = hashlib.sha256(isa.encode(self.insns))
         for insn in self.insns:
@@ -72,7 +73,7 @@ class PodPrograms:
     def instructions(self) -> int:
         return self.ingress.instructions + self.egress.instructions
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return hashlib.sha256((self.ingress.digest + self.egress.digest).encode()).hexdigest()[:16]
 

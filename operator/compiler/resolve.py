@@ -39,12 +39,18 @@ class _Direction:
     groups: dict[object, int] = dataclasses.field(default_factory=dict)
     members: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     slots: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
+    memo: dict | None = None      # identity -> members, shared by pods resolved in one state
 
     def group(self, identity, addresses) -> S.Group:
         if identity not in self.groups:
             index = len(self.groups)
             self.groups[identity] = index
-            self.members[index] = tuple(addresses())
+            if self.memo is None:
+                self.members[index] = tuple(addresses())
+            else:
+                if identity not in self.memo:
+                    self.memo[identity] = tuple(addresses())
+                self.members[index] = self.memo[identity]
         return S.Group(self.groups[identity])
 
     def slot(self, protocol: int, name: str) -> S.NamedPort:
@@ -54,10 +60,14 @@ class _Direction:
         return S.NamedPort(protocol, name, self.slots[key])
 
 
-def resolve(state: ClusterState, pod: Pod, *, mac: bytes = b"\0" * 6, ifindex: int = 0) -> S.ProgramSpec:
+def resolve(state: ClusterState, pod: Pod, *, mac: bytes = b"\0" * 6, ifindex: int = 0,
+            memo: dict | None = None) -> S.ProgramSpec:
+    """The pod's spec. `memo` (a dict the caller keeps while `state` does not
+    change) shares peer-group members between pods resolved one after another:
+    a selector's members are the same for every pod that names it."""
     built = {}
     for direction in S.DIRECTIONS:
-        acc = _Direction(pod, direction)
+        acc = _Direction(pod, direction, memo=memo)
         tiers = _tiers(state, pod, acc)
         built[direction] = (S.Direction(tuple(tiers)), acc)
     groups = {d: tuple(S.GroupMembers(i, addrs) for i, addrs in sorted(acc.members.items()))

@@ -1,0 +1,60 @@
+"""`tailor operator`: the kopf controller (one active replica per cluster).
+
+Watches Pods, Namespaces, Nodes, NetworkPolicies and, once their CRDs exist,
+AdminNetworkPolicies and BaselineAdminNetworkPolicies; compiles each pod's
+programs incrementally, pushes them to the node agents, answers the agents'
+ProgramFor at CNI ADD, and writes one PodProgram per pod. Runs until SIGTERM
+or SIGINT (graceful: answers in flight finish, the Lease is released), or
+exits 1 when it loses the Lease to another replica.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("operator", help="run the operator (kopf): compile and push per-pod programs")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch only this namespace (repeatable; peers elsewhere stay unknown)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    p.add_argument("--source-listen", default="0.0.0.0:9502", metavar="ADDR",
+                   help="serve ProgramSource (the agents' CNI hand-off) here (default %(default)s)")
+    peering = p.add_mutually_exclusive_group()
+    peering.add_argument("--peering", metavar="NAME", help="also use kopf peering (needs kopf's CRDs)")
+    peering.add_argument("--standalone", action="store_true", help="no kopf peering (default)")
+    lease = p.add_mutually_exclusive_group()
+    lease.add_argument("--lease", default="tailor-operator", metavar="NAME",
+                       help="Lease that elects the one active replica (default %(default)s)")
+    lease.add_argument("--no-lease", action="store_true", help="no leader election (one replica only!)")
+    p.add_argument("--lease-namespace", default="kube-system", metavar="NS",
+                   help="namespace of the Lease (default %(default)s)")
+    p.add_argument("--liveness", metavar="URL", help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--reconcile-seconds", type=float, default=30.0, metavar="S",
+                   help="ask every agent what it holds and repair drift this often (default %(default)s)")
+    p.add_argument("--watch-timeout", type=int, default=300, metavar="S",
+                   help="server-side watch timeout; the stream is then reopened (default %(default)s)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import asyncio
+
+    from tailor.operator.controller import app, config   # kopf, grpc: only when running
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = config.Config(
+        namespaces=tuple(args.namespace), source_listen=args.source_listen,
+        lease_name=None if args.no_lease else args.lease, lease_namespace=args.lease_namespace,
+        peering=args.peering, liveness=args.liveness, reconcile_seconds=args.reconcile_seconds,
+        watch_server_timeout=args.watch_timeout, watch_client_timeout=args.watch_timeout + 30.0)
+    try:
+        return asyncio.run(app.run(settings))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:   # noqa: BLE001 - one line for the operator, not a traceback
+        print(f"tailor operator: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,20 @@
+"""The kopf controller: the only part of tailor.operator that imports kopf,
+and the only one that does I/O (the Kubernetes API, gRPC to the agents).
+
+Thin by design: the handlers translate watch events into the pure model
+(cluster, policy, compiler, affected, desired), and everything that decides
+something is a plain function or a lock-guarded object free of kopf.
+
+Modules, from the API to the agents:
+    handlers     kopf registrations (indexes, events, startup/cleanup, probe)
+    events       watch events -> model changes + affected pods (pure)
+    engine       the shared state behind one lock: model, desired, pending, views
+    source       ProgramSource.ProgramFor: the CNI hand-off (gRPC server)
+    pusher       thread: pending pods -> Apply / UpdateMaps / Remove
+    reconcile    thread: List each agent, repair drift, remove orphans
+    agents       node -> agent address -> gRPC stub
+    podprograms  PodProgram objects and status, Events on pods
+    kube         a small Kubernetes API client (aiohttp)
+    lease        one active operator (coordination.k8s.io Lease)
+    config       the settings; app assembles it all and runs kopf
+"""

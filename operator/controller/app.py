@@ -1,0 +1,160 @@
+"""The operator assembled: Lease, kopf, and the controller's parts.
+
+Called by `tailor operator` (cli/operator.py) and by tests, which run it in
+a thread against a fake API server:
+
+    code = asyncio.run(app.run(config.Config(...), credentials=..., stop_flag=event))
+
+run() logs in (kopf's own login functions: service account, else
+kubeconfig), waits for the Lease, then runs kopf's operator with the
+handlers of handlers.py until the stop flag is set, a signal arrives (kopf
+handles SIGTERM/SIGINT in the main thread) or the Lease is lost. Shutdown
+is graceful: the source server finishes its answers, the pusher its round,
+the PodProgram writer its queue, and the Lease is released.
+
+The Controller owns one of each: engine (state), agents (channels), pusher
+(thread), reconciler (thread), ProgramSource server (gRPC threads) and the
+PodProgram writer (a task in kopf's loop).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+
+import kopf
+
+from tailor.operator.controller import engine as engine_
+from tailor.operator.controller import handlers, podprograms, source
+from tailor.operator.controller.agents import Agents
+from tailor.operator.controller.config import Config
+from tailor.operator.controller.kube import KubeClient
+from tailor.operator.controller.lease import Lease
+from tailor.operator.controller.pusher import Pusher
+from tailor.operator.controller.reconcile import Reconciler
+
+log = logging.getLogger("tailor.operator")
+
+
+class Controller:
+    def __init__(self, config: Config, credentials):
+        self.config = config
+        self.credentials = credentials
+        self.engine = engine_.Engine(retry_first=config.retry_first, retry_max=config.retry_max)
+        self.agents = Agents(self.engine.agent_address)
+        self.reconciler = Reconciler(self.engine, self.agents, interval=config.reconcile_seconds,
+                                     timeout=config.push_timeout)
+        self.pusher = Pusher(self.engine, self.agents, self.reconciler.refresh,
+                             chunk=config.push_chunk, timeout=config.push_timeout)
+        self.kube = KubeClient(credentials, timeout=config.request_timeout)
+        self.writer = podprograms.Writer(self.engine, self.kube, post_events=config.post_events)
+        self.engine.on_views = self.writer.wake
+        self.engine.on_agents = lambda nodes: self.reconciler.kick()
+        self.source_server = None
+        self.source_port: int | None = None
+        self.loaded = False
+        self._load_lock = threading.Lock()
+        self._writer_task: asyncio.Task | None = None
+        self.started = threading.Event()
+
+    def load(self, indexes) -> None:
+        """The first event handler call: the complete initial listing, from
+        kopf's indexes ({kind: Index of {(ns, name): essence}})."""
+        with self._load_lock:
+            if self.loaded:
+                return
+            objects = [(kind, essence) for kind, index in indexes.items()
+                       for store in index.values() for essence in store]
+            errors = self.engine.load(objects)
+            for error in errors:
+                log.warning("ignored: %s", error)
+            log.info("initial listing: %d objects, %d pods", len(objects),
+                     len(self.engine.world.state.pods))
+            self.loaded = True
+
+    async def start(self) -> None:
+        """kopf's startup: serve the hand-off, start pushing and reconciling."""
+        self.source_server, self.source_port = source.serve(
+            self.engine, self.config.source_listen, lambda node: self.reconciler.kick())
+        self.pusher.start()
+        self.reconciler.start()
+        self._writer_task = asyncio.create_task(self.writer.run(), name="tailor-podprograms")
+        log.info("ProgramSource on %s (port %s)", self.config.source_listen, self.source_port)
+        self.started.set()
+
+    async def stop(self) -> None:
+        """kopf's cleanup: stop taking hand-offs, finish the round, flush statuses."""
+        if self.source_server is not None:
+            await asyncio.to_thread(lambda: self.source_server.stop(2.0).wait())
+        self.engine.stop()
+        await asyncio.to_thread(self.pusher.join, self.config.push_timeout + 2)
+        await asyncio.to_thread(self.reconciler.stop)
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        await self.writer.flush()
+        await self.kube.close()
+        self.agents.close()
+
+
+def login() -> kopf.ConnectionInfo:
+    """Credentials as kopf finds them: in-cluster service account, else kubeconfig."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or \
+        kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no service account token and no kubeconfig: cannot reach the API")
+    return info
+
+
+async def run(config: Config, *, credentials=None, stop_flag=None, ready_flag=None,
+              controllers: list | None = None) -> int:
+    """Run the operator until stopped. 0: stopped; 1: the Lease was lost.
+    `controllers` (tests) receives the Controller once it exists."""
+    credentials = credentials or login()
+    stop = stop_flag if stop_flag is not None else asyncio.Event()
+    lease_client = KubeClient(credentials, timeout=config.request_timeout)
+    lease = None
+    if config.lease_name:
+        lease = Lease(lease_client, config.lease_name, config.lease_namespace, config.identity,
+                      seconds=config.lease_seconds, renew=config.lease_renew_seconds)
+        acquiring = asyncio.create_task(lease.acquire())
+        while not acquiring.done() and not stop.is_set():
+            await asyncio.wait({acquiring}, timeout=0.2)
+        if not acquiring.done():
+            acquiring.cancel()
+            await lease_client.close()
+            return 0
+    controller = Controller(config, credentials)
+    if controllers is not None:
+        controllers.append(controller)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, controller)
+    lost = False
+    keeper = asyncio.create_task(lease.keep()) if lease else None
+
+    def lease_lost(task: asyncio.Task) -> None:
+        nonlocal lost
+        if not task.cancelled():
+            lost = True
+            stop.set()
+
+    if keeper is not None:
+        keeper.add_done_callback(lease_lost)
+    try:
+        await kopf.operator(
+            registry=registry, clusterwide=config.clusterwide, namespaces=config.namespaces,
+            standalone=config.peering is None, peering_name=config.peering,
+            liveness_endpoint=config.liveness, stop_flag=stop, ready_flag=ready_flag)
+    finally:
+        if keeper is not None:
+            keeper.remove_done_callback(lease_lost)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if lease is not None and not lost:
+            await lease.release()
+        await lease_client.close()
+    return 1 if lost else 0

@@ -1,0 +1,45 @@
+"""The operator's settings, as `tailor operator` takes them.
+
+Built by cli/operator.py from its flags, and by tests directly. Plain data.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # What kopf watches: every namespace, or these. Peers outside the watched
+    # namespaces are unknown to the model (fail closed: nobody allows them).
+    namespaces: tuple[str, ...] = ()
+    # The ProgramSource the agents ask at CNI ADD (the zero-window hand-off).
+    source_listen: str = "0.0.0.0:9502"
+    # One active operator: a coordination.k8s.io Lease (None: no election).
+    lease_name: str | None = "tailor-operator"
+    lease_namespace: str = "kube-system"
+    lease_seconds: float = 15.0          # a holder that stopped renewing loses it after this
+    lease_renew_seconds: float = 5.0
+    identity: str | None = None          # default: hostname + pid
+    # kopf peering (optional; the Lease is what keeps replicas apart).
+    peering: str | None = None
+    liveness: str | None = None          # e.g. http://0.0.0.0:8080/healthz
+    # Watch-stream settings (kopf): server-side timeout, client-side timeout,
+    # the pause before reconnecting, and how long an idle stream may stay silent.
+    watch_server_timeout: int = 300
+    watch_client_timeout: float = 330.0
+    watch_connect_timeout: float = 10.0
+    watch_reconnect_backoff: float = 1.0
+    watch_inactivity_timeout: float = 600.0
+    request_timeout: float = 30.0
+    # Pushing and repairing.
+    push_timeout: float = 10.0           # one Apply/UpdateMaps/Remove RPC
+    push_chunk: int = 32                 # pods planned (compiled) per lock hold
+    retry_first: float = 0.2             # backoff after a failed push, doubling...
+    retry_max: float = 10.0              # ...up to this
+    reconcile_seconds: float = 30.0      # List every agent and repair drift this often
+    # Events on pods for Failed programs, and kopf's own posting level.
+    post_events: bool = True
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces

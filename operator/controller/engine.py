@@ -1,0 +1,457 @@
+"""The operator's shared state behind one lock: the model (events.World),
+what each agent should hold (desired.Desired), which pods wait for a push,
+what the agents last reported, and what each PodProgram should say.
+
+Called from three sides at once, and free of kopf, gRPC and the API:
+  - the kopf handlers (asyncio loop): `event()`, `load()`. They translate
+    and mark the affected pods pending; they never compile, never wait on I/O;
+  - source.ProgramSource (gRPC threads): `program_for()`, the CNI hand-off,
+    compiles the one pod that asks;
+  - the pusher thread: `take()` plans (compiles) a chunk of pending pods,
+    `done()`/`failed()` record the outcome; the reconcile thread:
+    `reported()` compares an agent's List with what it should hold;
+  - the PodProgram writer (asyncio): `take_views()`.
+
+The lock is held for short steps only: one event, one pod's hand-off, one
+chunk of planning. Sending happens outside it.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from tailor.operator import desired, policy
+from tailor.operator.compiler import mapdata, program, resolve
+from tailor.operator.controller import events
+
+PENDING, LOADED, FAILED = "Pending", "Loaded", "Failed"
+APPLY, UPDATE_MAPS, REMOVE = "Apply", "UpdateMaps", "Remove"
+REMOVE_ATTEMPTS = 10     # a Remove for an agent that never answers is dropped after this
+
+
+class NotReady(Exception):
+    """The initial listing is not complete: a program compiled now could miss
+    a policy and allow too much. The agent asks again."""
+
+
+@dataclasses.dataclass
+class View:
+    """What a pod's PodProgram status says (podprograms.py writes it)."""
+    namespace: str
+    name: str
+    uid: str
+    node: str | None
+    hash: str | None = None
+    features: tuple[str, ...] = ()
+    instructions: int = 0
+    policies: tuple[str, ...] = ()
+    state: str = PENDING
+    message: str = ""
+    observed_hash: str | None = None     # what the agent confirmed in force
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One pod as an agent's List reported it."""
+    uid: str
+    hash: str
+    state: str                            # Pending / Loaded / Failed
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """One RPC for the pusher to send: `rpc` to the agent of `node`."""
+    rpc: str                              # Apply, UpdateMaps, Remove
+    push: desired.Push
+    namespace: str
+    name: str
+    uid: str
+    addresses: tuple[str, ...] = ()
+    maps: dict | None = None              # UpdateMaps: {direction: {map: entries}}
+
+    @property
+    def node(self) -> str | None:
+        return self.push.node
+
+    @property
+    def pod(self) -> str:
+        return self.push.pod
+
+
+def _key(ref: str) -> str:
+    """ns/name[Kind] -> ns/name (the agent's key)."""
+    return ref.split("[", 1)[0]
+
+
+class Engine:
+    def __init__(self, *, retry_first: float = 0.2, retry_max: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self.world = events.World()
+        self.desired = desired.Desired()
+        self.synced = False
+        self.stopped = False
+        self.retry_first, self.retry_max, self.clock = retry_first, retry_max, clock
+        self._pending: set[str] = set()
+        self._retry: dict[str, tuple[int, float]] = {}      # ref -> (failures, not before)
+        self._reports: dict[str, dict[str, Report]] = {}    # node -> agent key -> report
+        self._reports_wanted = False                         # List every agent before planning
+        self._busy = False                                   # the pusher is sending a chunk
+        self._sent_at: dict[str, float] = {}                 # ref -> when sent or handed
+        self._uids: dict[str, str] = {}                      # ref -> uid last sent (for Remove)
+        self._views: dict[str, View] = {}
+        self._dirty: dict[str, View | None] = {}             # ref -> new view (None: gone)
+        self.counters: collections.Counter = collections.Counter()
+        self.errors: collections.deque = collections.deque(maxlen=50)
+        self.on_views: Callable[[], None] = lambda: None    # the writer's wake-up
+        self.on_agents: Callable[[set[str]], None] = lambda nodes: None   # agents moved
+
+    # -- kopf side ---------------------------------------------------------------------
+
+    def load(self, objects: Iterable[tuple[str, Mapping]]) -> list[str]:
+        """The initial listing, complete (kopf's indexes): the model from
+        scratch, every pod pending. Until now nothing is pushed or handed out."""
+        with self._lock:
+            refs, errors = self.world.load(objects)
+            self.errors.extend(errors)
+            self.synced = True
+            self._reports_wanted = True
+            self._pending |= refs
+            self.counters["loaded objects"] += 1
+            self._wake.notify_all()
+            nodes = self.world.agent_nodes()
+        self.on_agents(nodes)
+        return errors
+
+    def event(self, kind: str, event_type: str | None, body: Mapping) -> events.Outcome:
+        """One watch event: the model changes, the affected pods wait for a push."""
+        with self._lock:
+            outcome = self.world.apply(kind, event_type, body)
+            self.counters["events"] += 1
+            if outcome.error:
+                self.errors.append(outcome.error)
+            if self.synced and outcome.affected:
+                self._pending |= outcome.affected
+                self._drop_views(outcome.affected)
+                self._wake.notify_all()
+            for node in outcome.agents:
+                # A new agent address: retry its pods now, and check what it holds.
+                waiting = self.world.pods_on(node) & set(self._retry)
+                for ref in waiting:
+                    self._retry.pop(ref)
+                self._pending |= waiting
+                self._wake.notify_all()
+        if outcome.agents:
+            self.on_agents(outcome.agents)
+        return outcome
+
+    # -- the CNI hand-off --------------------------------------------------------------
+
+    def program_for(self, namespace: str, name: str, uid: str, node: str, addresses):
+        """A pod's agent asks during CNI ADD: record the addresses, compile,
+        remember the program as given. Returns (pod, uid, programs, entries).
+        Raises NotReady, LookupError (pod unknown yet), ValueError (wrong
+        node, bad address) or program.CompileError."""
+        with self._lock:
+            if not self.synced:
+                raise NotReady("the operator has not finished its initial listing")
+            pod, touched = self.world.wire(namespace, name, uid, node, addresses)
+            uid = self.world.uids.get(pod.ref) or uid
+            spec = resolve.resolve(self.world.state, pod)
+            try:
+                programs = program.compile_pod(spec)
+            except program.CompileError as e:
+                self._set_view(pod, uid, state=FAILED, message=f"cannot compile: {e}")
+                raise
+            entries = mapdata.entries(spec)
+            self.desired.given(pod.ref, node, programs, entries, spec)
+            self._pending.discard(pod.ref)
+            self._retry.pop(pod.ref, None)
+            self._sent_at[pod.ref] = self.clock()
+            self._uids[pod.ref] = uid
+            self._pending |= touched
+            self.counters["handed"] += 1
+            self._set_view(pod, uid, programs=programs, state=PENDING,
+                           message=f"handed to the agent on node {node} at CNI ADD")
+            self._wake.notify_all()
+            return pod, uid, programs, entries
+
+    # -- the pusher --------------------------------------------------------------------
+
+    def take(self, limit: int, timeout: float | None = None) -> list[Work] | None:
+        """Wait for work; plan up to `limit` pending pods. Returns the RPCs
+        to send ([] on timeout or stop), or None when every agent should be
+        asked what it holds first (after the initial listing)."""
+        with self._lock:
+            self._busy = False
+            deadline = None if timeout is None else self.clock() + timeout
+            while True:
+                if self.stopped:
+                    return []
+                if self.synced and self._reports_wanted:
+                    return None
+                now = self.clock()
+                due = [r for r, (_, at) in self._retry.items() if at <= now]
+                if self.synced and (self._pending or due):
+                    break
+                if deadline is not None and now >= deadline:
+                    return []
+                waits = [at - now for _, at in self._retry.values()] if self.synced else []
+                if deadline is not None:
+                    waits.append(deadline - now)
+                self._wake.wait(max(0.0, min(waits)) if waits else None)
+            for ref in due:
+                self._retry.pop(ref, None)
+            self._pending |= set(due)
+            refs = sorted(self._pending)[:limit]
+            self._pending -= set(refs)
+            self._busy = True
+            return self._plan(refs)
+
+    def reports_taken(self) -> None:
+        """The pusher asked every agent (reported() was called for each)."""
+        with self._lock:
+            self._reports_wanted = False
+            self._wake.notify_all()
+
+    def _plan(self, refs: list[str]) -> list[Work]:
+        state = self.world.state
+        works = []
+        for push in self.desired.plan(state, refs):
+            self.counters["planned"] += 1
+            if push.action == desired.REMOVE:
+                namespace, name = _key(push.pod).split("/", 1)
+                works.append(Work(REMOVE, push, namespace, name, self._uids.get(push.pod, "")))
+                continue
+            pod = state.find_pod(push.pod)
+            uid = self.world.uids.get(pod.ref, "")
+            if push.error is not None:
+                self._set_view(pod, uid, state=FAILED, message=f"cannot compile: {push.error}")
+                self.counters["compile errors"] += 1
+                continue
+            self.counters["compiled"] += 1
+            self._set_view(pod, uid, programs=push.programs)
+            if pod.node is None:
+                continue                           # not scheduled: nobody to send to
+            self._uids[pod.ref] = uid
+            if push.action == desired.MAPS:
+                maps = desired.changed_maps(self.desired.last_entries(pod.ref), push.entries)
+                works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips, maps))
+                continue
+            report = self._reports.get(pod.node, {}).get(_key(pod.ref))
+            if report is not None and report.hash == push.programs.hash and report.uid in ("", uid) \
+                    and report.state != FAILED:
+                # The agent holds this very program already (an operator restart,
+                # a lost answer): no reload; only make sure its maps are current.
+                self.counters["adopted"] += 1
+                works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips,
+                                  desired.changed_maps({}, push.entries)))
+                continue
+            works.append(Work(APPLY, push, pod.namespace, pod.name, uid, pod.ips))
+        return works
+
+    def done(self, work: Work, status: Report | None = None) -> None:
+        """The agent has `work` (status: what Apply answered)."""
+        with self._lock:
+            self.desired.sent(work.push)
+            self._retry.pop(work.pod, None)
+            self._sent_at[work.pod] = self.clock()
+            self.counters[{APPLY: "applies", UPDATE_MAPS: "map updates", REMOVE: "removes"}[work.rpc]] += 1
+            if work.rpc == REMOVE:
+                self._uids.pop(work.pod, None)
+                return
+            view = self._views.get(work.pod)
+            if view is None:
+                return
+            if status is not None:
+                self._observe(work.pod, status)
+            elif work.push.action == desired.APPLY and view.hash == work.push.programs.hash:
+                # Adopted: the agent's report said it holds this hash.
+                report = self._reports.get(work.node, {}).get(_key(work.pod))
+                if report is not None:
+                    self._observe(work.pod, report)
+
+    def failed(self, work: Work, code: str, details: str) -> None:
+        """Sending `work` failed: plan the pod again after a backoff."""
+        with self._lock:
+            self.counters["push failures"] += 1
+            failures, _ = self._retry.get(work.pod, (0, 0.0))
+            if work.rpc == UPDATE_MAPS and code == "NOT_FOUND":
+                # The agent does not know the pod (it restarted): send it whole.
+                self.desired.forget(work.pod)
+                self._pending.add(work.pod)
+                self._wake.notify_all()
+                return
+            if work.rpc == REMOVE and failures + 1 >= REMOVE_ATTEMPTS:
+                self.desired.forget(work.pod)      # the CNI DEL cleans up on the node
+                self._retry.pop(work.pod, None)
+                return
+            delay = min(self.retry_first * 2 ** failures, self.retry_max)
+            self._retry[work.pod] = (failures + 1, self.clock() + delay)
+            self._wake.notify_all()
+            view = self._views.get(work.pod)
+            if view is not None and work.rpc != REMOVE:
+                self._update_view(work.pod, message=f"agent on node {work.node}: {code}: {details}; "
+                                                    f"retrying in {delay:.1f}s")
+
+    # -- the reconcile loop ------------------------------------------------------------
+
+    def reported(self, node: str, pods: Iterable[tuple[str, Report]], asked_at: float) -> list[Work]:
+        """An agent's List (asked at `asked_at`): repair what drifted. A pod
+        the agent lacks or holds at another hash is sent again whole; a pod
+        the operator does not know at all is removed (returned)."""
+        with self._lock:
+            held = dict(pods)
+            self._reports[node] = held
+            if not self.synced:
+                return []
+            for ref, want in self.desired.sent_to(node).items():
+                if self._sent_at.get(ref, 0.0) > asked_at:
+                    continue                       # sent after the List was asked: not in it
+                report = held.get(_key(ref))
+                uid = self._uids.get(ref, "")
+                if report is None or report.hash != want or (uid and report.uid and report.uid != uid):
+                    self.desired.forget(ref)
+                    self._pending.add(ref)
+                    self.counters["repairs"] += 1
+            for key, report in held.items():
+                ref = f"{key}[Pod]"
+                if ref in self._views:
+                    view = self._views[ref]
+                    if not report.uid or report.uid == view.uid:
+                        self._observe(ref, report)
+            orphans = []
+            sent = self.desired.sent_to(node)
+            for key, report in sorted(held.items()):
+                ref = f"{key}[Pod]"
+                pod = self.world.state.pods.get((*key.split("/", 1), "Pod"))
+                if pod is None and ref not in sent and self._sent_at.get(ref, 0.0) <= asked_at:
+                    namespace, name = key.split("/", 1)
+                    orphans.append(Work(REMOVE, desired.Push(desired.REMOVE, ref, node),
+                                        namespace, name, report.uid))
+            self._wake.notify_all()
+            return orphans
+
+    def _observe(self, ref: str, report: Report) -> None:
+        """A view from what the agent says it holds."""
+        view = self._views[ref]
+        if report.state == FAILED:
+            self._update_view(ref, state=FAILED, observed_hash=report.hash or view.observed_hash,
+                              message=report.message or "the agent refused the program")
+        elif report.state == LOADED and report.hash == view.hash:
+            self._update_view(ref, state=LOADED, observed_hash=report.hash, message="")
+        elif report.state == LOADED:
+            self._update_view(ref, state=PENDING, observed_hash=report.hash,
+                              message=f"the agent holds {report.hash}; {view.hash} is on its way")
+        else:
+            # The agent holds it, the pod is not wired there (yet).
+            self._update_view(ref, state=PENDING, observed_hash=report.hash or view.observed_hash,
+                              message=report.message or "the agent has the program")
+
+    # -- views (PodProgram status) -----------------------------------------------------
+
+    def _set_view(self, pod, uid: str, programs: program.PodPrograms | None = None, **fields) -> None:
+        """A pod's view after planning or a hand-off (state from the last report)."""
+        old = self._views.get(pod.ref)
+        if old is not None and old.uid != uid:
+            old = None
+        view = dataclasses.replace(old) if old else View(pod.namespace, pod.name, uid, pod.node)
+        view.node = pod.node
+        if programs is not None:
+            if "state" not in fields and view.hash != programs.hash:
+                # A new program: Loaded only once the agent says it holds it
+                # (an Apply's answer, a List); the same program keeps its state.
+                fields = {"state": PENDING, "message": f"compiled; on its way to the agent on "
+                                                       f"node {pod.node}", **fields}
+            view.hash = programs.hash
+            view.features = tuple(programs.features)
+            view.instructions = programs.instructions
+            selecting = policy.policies_selecting(self.world.state, pod)
+            view.policies = tuple(
+                [f"{p.kind}/{p.name}" for p in selecting.admin]
+                + [f"NetworkPolicy/{p.namespace}/{p.name}" for p in selecting.network]
+                + ([f"BaselineAdminNetworkPolicy/{selecting.baseline.name}"] if selecting.baseline else []))
+        for name, value in fields.items():
+            setattr(view, name, value)
+        self._store_view(pod.ref, view)
+
+    def _update_view(self, ref: str, **fields) -> None:
+        view = dataclasses.replace(self._views[ref], **fields)
+        self._store_view(ref, view)
+
+    def _store_view(self, ref: str, view: View) -> None:
+        if self._views.get(ref) == view:
+            return
+        self._views[ref] = view
+        self._dirty[ref] = view
+        self.on_views()
+
+    def _drop_views(self, refs: Iterable[str] | None = None) -> None:
+        """Views of pods that left the model (of `refs`, default all): their
+        PodPrograms go too."""
+        for ref in [r for r in (self._views if refs is None else refs)
+                    if r in self._views and r not in self.world.uids]:
+            self._views.pop(ref)
+            self._dirty[ref] = None
+            self.on_views()
+
+    def take_views(self) -> list[tuple[str, View | None]]:
+        """The views that changed since the last call (None: the pod is gone)."""
+        with self._lock:
+            self._drop_views()
+            out = sorted(self._dirty.items(), key=lambda kv: kv[0])
+            self._dirty.clear()
+            return out
+
+    def gone_view(self, ref: str) -> View | None:
+        with self._lock:
+            return self._views.get(ref)
+
+    def redo_view(self, ref: str) -> None:
+        """Writing a view failed: write it again next time."""
+        with self._lock:
+            self._dirty.setdefault(ref, self._views.get(ref))
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def view(self, ref: str) -> View | None:
+        with self._lock:
+            return self._views.get(ref)
+
+    def agent_address(self, node: str) -> str | None:
+        with self._lock:
+            return self.world.agent_address(node)
+
+    def agent_nodes(self) -> set[str]:
+        """Nodes with an agent address or with programs sent to them."""
+        with self._lock:
+            nodes = self.world.agent_nodes()
+            nodes |= {p.node for p in self.world.state.pods.values() if p.node}
+            return nodes
+
+    def views_pending(self) -> int:
+        """Views changed and not yet taken by the writer."""
+        with self._lock:
+            return len(self._dirty)
+
+    def idle(self) -> bool:
+        """Nothing pending, nothing waiting for a retry (tests, probes)."""
+        with self._lock:
+            return (self.synced and not self._pending and not self._retry and not self._busy
+                    and not self._reports_wanted)
+
+    def summary(self) -> dict:
+        with self._lock:
+            return {"synced": self.synced, "pods": len(self.world.state.pods),
+                    "pending": len(self._pending), "retrying": len(self._retry),
+                    "agents": sorted(self.world.agent_nodes()), **dict(self.counters)}
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            self._wake.notify_all()

@@ -1,0 +1,303 @@
+"""Watch events -> changes of the operator's model, and the pods each change
+affects. Pure: no kopf, no gRPC, no I/O.
+
+Called by controller.engine, under its lock, for every event the kopf
+handlers see (and for the bulk load from kopf's indexes at start), and for
+the CNI hand-off (`wire`). The parsing is cluster's (pods, networkpolicy,
+adminpolicy, selectors); this module adds what a live cluster has and a
+manifest file has not:
+
+  - pods join the model without addresses until the CNI (ProgramFor) or
+    their status gives them some; tailor never invents an address here;
+  - a pod's uid tells a re-created pod from its predecessor (its addresses
+    are not carried over);
+  - host-network pods are not tailor's (they share the node's address) and
+    finished pods (Succeeded, Failed) have released theirs: both are absent;
+  - the node agents' addresses: from the agent DaemonSet's pods (label
+    `app.kubernetes.io/name: tailor-agent`, container port named `grpc`)
+    or the node annotation `tailor.dev/agent-address`, which wins;
+  - an object the parsers refuse changes nothing: its previous version stays
+    in force (fail closed, never fail open) and the outcome says why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from tailor.operator import affected, selectors
+from tailor.operator.cluster import adminpolicy, manifests, networkpolicy, pods
+from tailor.operator.cluster.objects import Node, Pod
+from tailor.operator.cluster.state import ClusterState
+from tailor.operator.errors import InvalidSpec
+
+POD, NAMESPACE, NODE = "Pod", "Namespace", "Node"
+NETWORK_POLICY = "NetworkPolicy"
+ANP, BANP = "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"
+KINDS = (NAMESPACE, NODE, POD, NETWORK_POLICY, ANP, BANP)
+DELETED = "DELETED"
+
+AGENT_LABEL, AGENT_NAME = "app.kubernetes.io/name", "tailor-agent"
+AGENT_PORT_NAME = "grpc"
+AGENT_ANNOTATION = "tailor.dev/agent-address"
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one event did to the model."""
+    affected: set[str] = dataclasses.field(default_factory=set)   # pod refs to plan again
+    error: str | None = None             # the object was refused: why (nothing changed)
+    agents: set[str] = dataclasses.field(default_factory=set)     # nodes whose agent address changed
+
+
+def essence(kind: str, body: Mapping) -> dict:
+    """The part of an API object the model reads, as plain data (what the
+    kopf index keeps per object, and what `World.apply` is given)."""
+    meta = body.get("metadata") or {}
+    keep_meta = {k: _plain(meta[k]) for k in ("name", "namespace", "uid", "labels", "annotations",
+                                              "deletionTimestamp") if meta.get(k) is not None}
+    out = {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": keep_meta}
+    if kind == POD:
+        spec = body.get("spec") or {}
+        out["spec"] = {k: _plain(spec[k]) for k in ("nodeName", "hostNetwork", "containers")
+                       if spec.get(k) is not None}
+        status = body.get("status") or {}
+        out["status"] = {k: _plain(status[k]) for k in ("phase", "podIP", "podIPs") if status.get(k)}
+    elif kind == NODE:
+        out["status"] = {"addresses": _plain((body.get("status") or {}).get("addresses") or [])}
+    elif kind != NAMESPACE:
+        out["spec"] = _plain(body.get("spec") or {})
+    return out
+
+
+def _plain(value):
+    """A deep copy made of dicts, lists and scalars (kopf hands out views)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def object_key(kind: str, body: Mapping) -> tuple[str, str | None, str]:
+    meta = body.get("metadata") or {}
+    namespace = None if kind in manifests.CLUSTER_SCOPED else meta.get("namespace") or "default"
+    return kind, namespace, meta.get("name") or ""
+
+
+class World:
+    """The cluster as the operator knows it: the ClusterState the compiler
+    reads, plus pod uids and the agents' addresses."""
+
+    def __init__(self) -> None:
+        self.state = ClusterState()
+        self.uids: dict[str, str] = {}                           # pod ref -> uid
+        self._agent_pods: dict[tuple[str, str], tuple[str, str]] = {}   # (ns, name) -> (node, address)
+        self._annotated: dict[str, str] = {}                      # node -> address (annotation)
+
+    # -- events ----------------------------------------------------------------------
+
+    def apply(self, kind: str, event_type: str | None, body: Mapping) -> Outcome:
+        """One watch event (type None: a listing) of an object of `kind`."""
+        kind_, namespace, name = object_key(kind, body)
+        gone = event_type == DELETED
+        try:
+            if kind == POD:
+                return self._pod(namespace, name, body, gone)
+            if kind == NAMESPACE:
+                return self._namespace(name, body, gone)
+            if kind == NODE:
+                return self._node(name, body, gone)
+            if kind == NETWORK_POLICY:
+                return self._network_policy(namespace, name, body, gone)
+            if kind in (ANP, BANP):
+                return self._admin_policy(kind, name, body, gone)
+        except InvalidSpec as e:
+            what = manifests.describe(kind, namespace, name)
+            return Outcome(error=f"{what}: {e.path}: {e.message}" if e.path else f"{what}: {e.message}")
+        raise ValueError(f"kind {kind_!r} is not one the operator watches")
+
+    def load(self, objects: Iterable[tuple[str, Mapping]]) -> tuple[set[str], list[str]]:
+        """Many objects at once (the bulk load from the indexes at start):
+        namespaces and nodes first, then pods, then policies. Returns (every
+        pod ref, errors)."""
+        order = {k: i for i, k in enumerate(KINDS)}
+        errors = []
+        for kind, body in sorted(objects, key=lambda kb: order[kb[0]]):
+            outcome = self.apply(kind, None, body)
+            if outcome.error:
+                errors.append(outcome.error)
+        return {p.ref for p in self.state.pods.values()}, errors
+
+    def _pod(self, namespace: str, name: str, body: Mapping, gone: bool) -> Outcome:
+        out = Outcome()
+        out.agents = self._agent_pod(namespace, name, body, gone)
+        key = (namespace, name, POD)
+        old = self.state.pods.get(key)
+        spec = body.get("spec") or {}
+        phase = (body.get("status") or {}).get("phase")
+        if gone or spec.get("hostNetwork") or phase in FINISHED_PHASES:
+            if old is None:
+                return out
+            self.state.delete(POD, namespace, name)
+            self.uids.pop(old.ref, None)
+            out.affected = affected.by_pod(self.state, old, None)
+            return out
+        pod, _families = pods.from_manifest(body, namespace, name)
+        uid = (body.get("metadata") or {}).get("uid") or ""
+        if old is not None and uid and self.uids.get(old.ref) not in (None, "", uid):
+            # A new pod of the same name: nothing of the old one carries over.
+            self.state.delete(POD, namespace, name)
+            self.uids.pop(old.ref, None)
+            out.affected |= affected.by_pod(self.state, old, None)
+            old = None
+        new = self.state.add_pod(pod, allocate=False)
+        self.uids[new.ref] = uid
+        if new != old:
+            out.affected |= affected.by_pod(self.state, old, new)
+        return out
+
+    def _agent_pod(self, namespace: str, name: str, body: Mapping, gone: bool) -> set[str]:
+        """Keep the agent DaemonSet's pods: node -> address."""
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        before = self._agent_pods.get((namespace, name))
+        after = None
+        if not gone and labels.get(AGENT_LABEL) == AGENT_NAME:
+            after = _agent_pod_address(body)
+        if after is None:
+            self._agent_pods.pop((namespace, name), None)
+        else:
+            self._agent_pods[(namespace, name)] = after
+        return {entry[0] for entry in (before, after) if entry} if before != after else set()
+
+    def _namespace(self, name: str, body: Mapping, gone: bool) -> Outcome:
+        if gone:
+            members = list(self.state.pods_in(name))
+            if not self.state.delete(NAMESPACE, None, name):
+                return Outcome()
+            for pod in members:
+                self.uids.pop(pod.ref, None)
+            return Outcome(affected.union(*(affected.by_pod(self.state, p, None) for p in members)))
+        labels = selectors.parse_labels((body.get("metadata") or {}).get("labels"), "metadata.labels")
+        old = self.state.namespace_labels(name)
+        self.state.add_namespace(name, labels)
+        new = self.state.namespace_labels(name)
+        return Outcome(affected.by_namespace(self.state, name, old, new) if new != old else set())
+
+    def _node(self, name: str, body: Mapping, gone: bool) -> Outcome:
+        out = Outcome()
+        annotation = ((body.get("metadata") or {}).get("annotations") or {}).get(AGENT_ANNOTATION)
+        if gone or not annotation:
+            if self._annotated.pop(name, None) is not None:
+                out.agents.add(name)
+        elif self._annotated.get(name) != annotation:
+            self._annotated[name] = annotation
+            out.agents.add(name)
+        old = self.state.nodes.get(name)
+        if gone:
+            if old is not None:
+                self.state.delete(NODE, None, name)
+                out.affected = affected.by_node(self.state, old, None)
+            return out
+        meta = body.get("metadata") or {}
+        labels = selectors.parse_labels(meta.get("labels"), "metadata.labels")
+        ips = tuple(a.get("address") for a in (body.get("status") or {}).get("addresses") or []
+                    if isinstance(a, Mapping) and a.get("type") in ("InternalIP", "ExternalIP")
+                    and a.get("address"))
+        new = Node(name, labels, ips)
+        if new != old:
+            self.state.add_node(new)
+            out.affected = affected.by_node(self.state, old, new)
+        return out
+
+    def _network_policy(self, namespace: str, name: str, body: Mapping, gone: bool) -> Outcome:
+        old = self.state.network_policies.get((namespace, name))
+        if gone:
+            if old is None:
+                return Outcome()
+            self.state.delete(NETWORK_POLICY, namespace, name)
+            return Outcome(affected.by_network_policy(self.state, old, None))
+        _check_api_version(NETWORK_POLICY, body)
+        new = networkpolicy.parse(body, namespace, name)
+        if new == old:
+            return Outcome()
+        self.state.add_network_policy(new)
+        return Outcome(affected.by_network_policy(self.state, old, new))
+
+    def _admin_policy(self, kind: str, name: str, body: Mapping, gone: bool) -> Outcome:
+        if kind == ANP:
+            old = self.state.admin_policies.get(name)
+        else:
+            old = self.state.baseline if self.state.baseline and self.state.baseline.name == name else None
+        if gone:
+            if old is None:
+                return Outcome()
+            self.state.delete(kind, None, name)
+            return Outcome(affected.by_admin_policy(self.state, old, None))
+        _check_api_version(kind, body)
+        new = adminpolicy.parse_anp(body, name) if kind == ANP else adminpolicy.parse_banp(body, name)
+        if new == old:
+            return Outcome()
+        self.state.add_admin_policy(new)
+        return Outcome(affected.by_admin_policy(self.state, old, new))
+
+    # -- the CNI hand-off --------------------------------------------------------------
+
+    def wire(self, namespace: str, name: str, uid: str, node: str,
+             addresses: Iterable[str]) -> tuple[Pod, set[str]]:
+        """A pod's CNI ADD on `node` gave it `addresses`: record them. Returns
+        the pod and the other pods the new addresses affect. Raises
+        LookupError when the pod (of that uid) is not known yet, ValueError
+        when it runs elsewhere or an address is malformed."""
+        old = self.state.pods.get((namespace, name, POD))
+        if old is None:
+            raise LookupError(f"pod {namespace}/{name} is not known to the operator (yet)")
+        known_uid = self.uids.get(old.ref)
+        if uid and known_uid and uid != known_uid:
+            raise LookupError(f"pod {namespace}/{name} uid {uid} is not known to the operator "
+                              f"(yet); it knows uid {known_uid}")
+        if old.node and old.node != node:
+            raise ValueError(f"pod {namespace}/{name} is scheduled on node {old.node}, not {node}")
+        ips = tuple(str(ipaddress.ip_interface(a).ip) for a in addresses)
+        if not ips:
+            raise ValueError(f"pod {namespace}/{name}: the CNI gave no address")
+        new = self.state.add_pod(dataclasses.replace(old, node=node, ips=ips), allocate=False)
+        return new, (affected.by_pod(self.state, old, new) - {new.ref}) if new != old else set()
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def agent_address(self, node: str) -> str | None:
+        """Where the agent of `node` listens: the node's annotation, else the
+        agent DaemonSet's pod on that node."""
+        if node in self._annotated:
+            return self._annotated[node]
+        found = sorted(address for n, address in self._agent_pods.values() if n == node)
+        return found[0] if found else None
+
+    def agent_nodes(self) -> set[str]:
+        return set(self._annotated) | {n for n, _ in self._agent_pods.values()}
+
+    def pods_on(self, node: str) -> set[str]:
+        return {p.ref for p in self.state.pods.values() if p.node == node}
+
+
+def _check_api_version(kind: str, body: Mapping) -> None:
+    want = {NETWORK_POLICY: networkpolicy.API_VERSION, ANP: adminpolicy.API_VERSION,
+            BANP: adminpolicy.API_VERSION}[kind]
+    if body.get("apiVersion") not in (None, want):
+        raise InvalidSpec("apiVersion", f"{body.get('apiVersion')!r} is not supported for {kind}; use {want}")
+
+
+def _agent_pod_address(body: Mapping) -> tuple[str, str] | None:
+    """(node, host:port) of a running agent pod, or None."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    node, ip = spec.get("nodeName"), status.get("podIP")
+    if not node or not ip or status.get("phase") in FINISHED_PHASES:
+        return None
+    for container in spec.get("containers") or []:
+        for port in (container or {}).get("ports") or []:
+            if isinstance(port, Mapping) and port.get("name") == AGENT_PORT_NAME and port.get("containerPort"):
+                host = f"[{ip}]" if ":" in ip else ip
+                return node, f"{host}:{port['containerPort']}"
+    return None

@@ -1,0 +1,175 @@
+"""Watch events -> model changes (controller.events, pure) and the engine's
+bookkeeping without any I/O: what the kopf handlers hand over becomes the
+same ClusterState the manifests path builds, and nothing is invented."""
+import pytest
+
+from tailor.operator.cluster.objects import Pod
+from tailor.operator.cluster.state import ClusterState
+from tailor.operator.controller import engine as engine_
+from tailor.operator.controller import events
+
+pytestmark = pytest.mark.operator
+
+
+def pod(name, labels=None, node="n1", ips=(), uid=None, host_network=False, phase="Running"):
+    doc = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "x", "labels": labels or {}, "uid": uid or f"uid-{name}"},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
+               {"name": "http", "containerPort": 80}]}]},
+           "status": {"phase": phase}}
+    if host_network:
+        doc["spec"]["hostNetwork"] = True
+    if ips:
+        doc["status"]["podIPs"] = [{"ip": ip} for ip in ips]
+    return doc
+
+
+POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"name": "web", "namespace": "x"},
+          "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}}
+
+
+def test_add_pod_without_allocation_keeps_or_leaves_addresses_empty():
+    state = ClusterState()
+    added = state.add_pod(Pod("x", "a", {}, "n1", ()), allocate=False)
+    assert added.ips == ()
+    state.add_pod(Pod("x", "a", {}, "n1", ("10.1.0.5", "fd00::5")), allocate=False)
+    relabelled = state.add_pod(Pod("x", "a", {"v": "2"}, "n1", ()), allocate=False)
+    assert relabelled.ips == ("10.1.0.5", "fd00::5")        # any families, never re-allocated
+    # The manifests path still allocates from the default pools.
+    assert state.add_pod(Pod("x", "b", {}, None, ())).ips == ("10.244.0.1",)
+
+
+def test_a_pod_joins_without_addresses_and_the_cni_gives_them():
+    world = events.World()
+    world.apply(events.NETWORK_POLICY, None, POLICY)
+    out = world.apply(events.POD, "ADDED", pod("web", {"app": "web"}))
+    assert world.state.pod("x", "web").ips == ()
+    assert out.affected == {"x/web[Pod]"}
+    world.apply(events.POD, "ADDED", pod("client", {"app": "client"}))
+    wired, touched = world.wire("x", "client", "uid-client", "n1", ["10.1.0.7/24"])
+    assert wired.ips == ("10.1.0.7",)
+    assert touched == {"x/web[Pod]"}                          # its peer map gains the address
+    # The kubelet's status update later says the same: nothing changes.
+    again = world.apply(events.POD, "MODIFIED", pod("client", {"app": "client"}, ips=["10.1.0.7"]))
+    assert again.affected == set()
+
+
+def test_wire_refuses_unknown_pods_other_uids_and_other_nodes():
+    world = events.World()
+    with pytest.raises(LookupError):
+        world.wire("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    world.apply(events.POD, None, pod("a"))
+    with pytest.raises(LookupError):
+        world.wire("x", "a", "uid-other", "n1", ["10.1.0.2"])
+    with pytest.raises(ValueError):
+        world.wire("x", "a", "uid-a", "n2", ["10.1.0.2"])
+
+
+def test_a_recreated_pod_does_not_inherit_addresses():
+    world = events.World()
+    world.apply(events.POD, None, pod("a", ips=["10.1.0.2"]))
+    out = world.apply(events.POD, "ADDED", pod("a", uid="uid-new"))
+    assert world.state.pod("x", "a").ips == ()
+    assert world.uids["x/a[Pod]"] == "uid-new"
+    assert "x/a[Pod]" in out.affected
+
+
+def test_host_network_and_finished_pods_are_not_tailors():
+    world = events.World()
+    world.apply(events.POD, None, pod("h", host_network=True, ips=["172.18.0.2"]))
+    world.apply(events.POD, None, pod("done", ips=["10.1.0.3"], phase="Succeeded"))
+    assert world.state.pods == {}
+    world.apply(events.POD, None, pod("a", ips=["10.1.0.4"]))
+    out = world.apply(events.POD, "MODIFIED", pod("a", ips=["10.1.0.4"], phase="Failed"))
+    assert world.state.pods == {} and out.affected == {"x/a[Pod]"}
+
+
+def test_agent_addresses_from_the_daemonset_pod_and_the_node_annotation():
+    world = events.World()
+    agent = pod("tailor-agent-abc", {"app.kubernetes.io/name": "tailor-agent"}, node="n1",
+                host_network=True, ips=["172.18.0.2"])
+    agent["status"]["podIP"] = "172.18.0.2"
+    agent["spec"]["containers"][0]["ports"] = [{"name": "grpc", "containerPort": 9501}]
+    out = world.apply(events.POD, "ADDED", agent)
+    assert out.agents == {"n1"}
+    assert world.agent_address("n1") == "172.18.0.2:9501"
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "annotations": {events.AGENT_ANNOTATION: "unix:/run/a.sock"}}}
+    assert world.apply(events.NODE, "MODIFIED", node).agents == {"n1"}
+    assert world.agent_address("n1") == "unix:/run/a.sock"      # the annotation wins
+    world.apply(events.POD, "DELETED", agent)
+    assert world.agent_address("n1") == "unix:/run/a.sock"
+
+
+def test_a_refused_policy_changes_nothing_and_says_why():
+    world = events.World()
+    world.apply(events.POD, None, pod("web", {"app": "web"}, ips=["10.1.0.2"]))
+    world.apply(events.NETWORK_POLICY, None, POLICY)
+    bad = {**POLICY, "spec": {**POLICY["spec"], "policyTypes": ["Sideways"]}}
+    out = world.apply(events.NETWORK_POLICY, "MODIFIED", bad)
+    assert out.affected == set()
+    assert out.error.startswith("NetworkPolicy x/web: spec.policyTypes[0]:")
+    assert world.state.network_policies[("x", "web")].policy_types == frozenset({"Ingress"})
+
+
+def test_namespace_relabel_and_delete():
+    world = events.World()
+    world.apply(events.NAMESPACE, None, {"kind": "Namespace", "metadata": {"name": "x", "labels": {"t": "1"}}})
+    world.apply(events.POD, None, pod("a", ips=["10.1.0.2"]))
+    same = world.apply(events.NAMESPACE, "MODIFIED",
+                       {"kind": "Namespace", "metadata": {"name": "x", "labels": {"t": "1"}}})
+    assert same.affected == set()
+    relabel = world.apply(events.NAMESPACE, "MODIFIED",
+                          {"kind": "Namespace", "metadata": {"name": "x", "labels": {"t": "2"}}})
+    assert relabel.affected == {"x/a[Pod]"}
+    gone = world.apply(events.NAMESPACE, "DELETED", {"kind": "Namespace", "metadata": {"name": "x"}})
+    assert gone.affected == {"x/a[Pod]"} and world.state.pods == {}
+
+
+def test_the_engine_hands_out_nothing_before_the_initial_listing():
+    engine = engine_.Engine()
+    engine.event(events.POD, None, pod("a"))
+    with pytest.raises(engine_.NotReady):
+        engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    engine.load([(events.POD, pod("a"))])
+    _, uid, programs, _ = engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    assert uid == "uid-a" and programs.hash
+    # Handed out at CNI ADD: the pusher has nothing to send for it.
+    assert engine.take(10, timeout=0) is None            # first: ask the agents what they hold
+    engine.reports_taken()
+    assert engine.take(10, timeout=0) == []
+
+
+def test_the_engine_adopts_what_an_agent_already_holds():
+    engine = engine_.Engine()
+    engine.load([(events.POD, pod("a", ips=["10.1.0.2"]))])
+    assert engine.take(10, timeout=0) is None
+    # What the agent holds: the same program the engine will compile.
+    probe = engine_.Engine()
+    probe.load([(events.POD, pod("a"))])
+    _, _, held, _ = probe.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    engine.reported("n1", [("x/a", engine_.Report("uid-a", held.hash, engine_.LOADED))], asked_at=0.0)
+    engine.reports_taken()
+    works = engine.take(10, timeout=0)
+    assert [(w.rpc, w.pod) for w in works] == [(engine_.UPDATE_MAPS, "x/a[Pod]")]   # no Apply
+    engine.done(works[0])
+    assert engine.view("x/a[Pod]").state == engine_.LOADED
+
+
+def test_the_engine_repairs_drift_and_removes_orphans():
+    engine = engine_.Engine()
+    engine.load([(events.POD, pod("a", ips=["10.1.0.2"]))])
+    engine.reported("n1", [], asked_at=0.0)
+    engine.reports_taken()
+    (apply,) = engine.take(10, timeout=0)
+    assert apply.rpc == engine_.APPLY
+    engine.done(apply, engine_.Report("uid-a", apply.push.programs.hash, engine_.LOADED))
+    asked = engine.clock()
+    # The agent lost it (restart) and holds a pod the cluster does not have.
+    orphans = engine.reported("n1", [("x/gone", engine_.Report("uid-g", "abc", engine_.LOADED))], asked)
+    assert [(w.rpc, w.pod, w.uid) for w in orphans] == [(engine_.REMOVE, "x/gone[Pod]", "uid-g")]
+    assert engine.counters["repairs"] == 1
+    (again,) = engine.take(10, timeout=0)
+    assert (again.rpc, again.pod) == (engine_.APPLY, "x/a[Pod]")
