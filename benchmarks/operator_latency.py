@@ -5,7 +5,7 @@ as the API server over real HTTP (in a child process here, so its own CPU
 time does not compete with the operator's threads), the operator (kopf,
 pusher, reconcile, ProgramSource, PodProgram writer) in a thread, three
 in-process agents with the emulated backend. Each phase starts once the
-previous one is fully done, PodProgram statuses included. For each cluster size N (default 100 and 1,000 pods over three
+previous one's pushes are all done. For each cluster size N (default 100 and 1,000 pods over three
 nodes, one NetworkPolicy selecting every pod) it measures:
 
   - initial sync: operator start -> every agent holds every pod's program
@@ -68,14 +68,17 @@ def held(world: World) -> dict[str, tuple[str, dict]]:
     return out
 
 
-def quiet(world: World) -> None:
-    """Nothing left anywhere: pushes sent, PodProgram statuses written."""
-    controller = world.operator.controller
-    wait(lambda: controller.engine.idle() and not controller.engine.views_pending()
-         and not controller.writer.writing)
-    time.sleep(0.2)
-    wait(lambda: controller.engine.idle() and not controller.engine.views_pending()
-         and not controller.writer.writing)
+def quiet(world: World, timeout: float = 300.0) -> None:
+    """No push pending or in flight. (PodProgram statuses may still be
+    being written: their pace is the API server's — kmock answers in time
+    proportional to the objects it holds — and no agent waits for them.)"""
+    engine = world.operator.engine
+    for _ in range(2):
+        try:
+            wait(engine.idle, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"not quiet: {engine.summary()}") from None
+        time.sleep(0.2)
 
 
 def changed(world: World, keys: list[str], test) -> bool:

@@ -120,7 +120,8 @@ def test_every_podprogram_loads_with_the_compiled_features(world):
     def loaded():
         pps = world.kube.podprograms()
         assert set(pps) == set(want)
-        assert all(pp["status"]["state"] == "Loaded" for pp in pps.values()), \
+        assert all(pp["status"]["state"] == "Loaded" and pp["status"]["hash"] == want[k][0]
+                   for k, pp in pps.items()), \
             {k: (pp["status"]["state"], pp["status"]["message"]) for k, pp in pps.items()}
         return pps
     pps = eventually(loaded, what="every PodProgram Loaded")
