@@ -35,7 +35,6 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
-import operator_world  # noqa: E402  (the tests' harness: kmock, agents, operator)
 from operator_world import World  # noqa: E402
 
 POLL = 0.02

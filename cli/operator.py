@@ -10,7 +10,10 @@ exits 1 when it loses the Lease to another replica.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def register(sub) -> None:
@@ -28,15 +31,29 @@ def register(sub) -> None:
     lease.add_argument("--lease", default="tailor-operator", metavar="NAME",
                        help="Lease that elects the one active replica (default %(default)s)")
     lease.add_argument("--no-lease", action="store_true", help="no leader election (one replica only!)")
-    p.add_argument("--lease-namespace", default="kube-system", metavar="NS",
-                   help="namespace of the Lease (default %(default)s)")
+    p.add_argument("--lease-namespace", default=_own_namespace(), metavar="NS",
+                   help="namespace of the Lease (default: $POD_NAMESPACE, else the service "
+                        "account's, else default: %(default)s)")
     p.add_argument("--liveness", metavar="URL", help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on this port")
     p.add_argument("--reconcile-seconds", type=float, default=30.0, metavar="S",
                    help="ask every agent what it holds and repair drift this often (default %(default)s)")
     p.add_argument("--watch-timeout", type=int, default=300, metavar="S",
                    help="server-side watch timeout; the stream is then reopened (default %(default)s)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=_run)
+
+
+def _own_namespace() -> str:
+    """Where this operator runs: $POD_NAMESPACE (the chart sets it), the
+    in-cluster service account's namespace, or `default`."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def _run(args) -> int:
@@ -49,7 +66,9 @@ def _run(args) -> int:
     settings = config.Config(
         namespaces=tuple(args.namespace), source_listen=args.source_listen,
         lease_name=None if args.no_lease else args.lease, lease_namespace=args.lease_namespace,
-        peering=args.peering, liveness=args.liveness, reconcile_seconds=args.reconcile_seconds,
+        identity=os.environ.get("POD_ID") or os.environ.get("POD_NAME") or None,
+        peering=args.peering, liveness=args.liveness, metrics_port=args.metrics_port,
+        reconcile_seconds=args.reconcile_seconds,
         watch_server_timeout=args.watch_timeout, watch_client_timeout=args.watch_timeout + 30.0)
     try:
         return asyncio.run(app.run(settings))

@@ -12,9 +12,11 @@ Modules, from the API to the agents:
     source       ProgramSource.ProgramFor: the CNI hand-off (gRPC server)
     pusher       thread: pending pods -> Apply / UpdateMaps / Remove
     reconcile    thread: List each agent, repair drift, remove orphans
+    resync       task: list the API, drop deletions a dropped watch missed
     agents       node -> agent address -> gRPC stub
     podprograms  PodProgram objects and status, Events on pods
     kube         a small Kubernetes API client (aiohttp)
     lease        one active operator (coordination.k8s.io Lease)
+    metrics      Prometheus /metrics from the engine's counters
     config       the settings; app assembles it all and runs kopf
 """

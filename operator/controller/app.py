@@ -13,8 +13,8 @@ is graceful: the source server finishes its answers, the pusher its round,
 the PodProgram writer its queue, and the Lease is released.
 
 The Controller owns one of each: engine (state), agents (channels), pusher
-(thread), reconciler (thread), ProgramSource server (gRPC threads) and the
-PodProgram writer (a task in kopf's loop).
+(thread), reconciler (thread), ProgramSource server (gRPC threads), the
+PodProgram writer and the resync (tasks in kopf's loop).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import threading
 import kopf
 
 from tailor.operator.controller import engine as engine_
-from tailor.operator.controller import handlers, podprograms, source
+from tailor.operator.controller import handlers, metrics, podprograms, resync, source
 from tailor.operator.controller.agents import Agents
 from tailor.operator.controller.config import Config
 from tailor.operator.controller.kube import KubeClient
@@ -53,9 +53,11 @@ class Controller:
         self.engine.on_agents = lambda nodes: self.reconciler.kick()
         self.source_server = None
         self.source_port: int | None = None
+        self.metrics_server = None
         self.loaded = False
         self._load_lock = threading.Lock()
         self._writer_task: asyncio.Task | None = None
+        self._resync_task: asyncio.Task | None = None
         self.started = threading.Event()
 
     def load(self, indexes) -> None:
@@ -77,9 +79,13 @@ class Controller:
         """kopf's startup: serve the hand-off, start pushing and reconciling."""
         self.source_server, self.source_port = source.serve(
             self.engine, self.config.source_listen, lambda node: self.reconciler.kick())
+        if self.config.metrics_port is not None:
+            self.metrics_server = metrics.serve(self.engine, self.config.metrics_port)
         self.pusher.start()
         self.reconciler.start()
         self._writer_task = asyncio.create_task(self.writer.run(), name="tailor-podprograms")
+        self._resync_task = asyncio.create_task(
+            resync.run(self.kube, self.engine, self.config.resync_seconds), name="tailor-resync")
         log.info("ProgramSource on %s (port %s)", self.config.source_listen, self.source_port)
         self.started.set()
 
@@ -90,13 +96,17 @@ class Controller:
         self.engine.stop()
         await asyncio.to_thread(self.pusher.join, self.config.push_timeout + 2)
         await asyncio.to_thread(self.reconciler.stop)
-        if self._writer_task is not None:
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+        for task in (self._writer_task, self._resync_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.writer.flush()
         await self.kube.close()
         self.agents.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 def login() -> kopf.ConnectionInfo:

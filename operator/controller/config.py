@@ -23,6 +23,7 @@ class Config:
     # kopf peering (optional; the Lease is what keeps replicas apart).
     peering: str | None = None
     liveness: str | None = None          # e.g. http://0.0.0.0:8080/healthz
+    metrics_port: int | None = None      # Prometheus /metrics (None: not served)
     # Watch-stream settings (kopf): server-side timeout, client-side timeout,
     # the pause before reconnecting, and how long an idle stream may stay silent.
     watch_server_timeout: int = 300
@@ -37,6 +38,7 @@ class Config:
     retry_first: float = 0.2             # backoff after a failed push, doubling...
     retry_max: float = 10.0              # ...up to this
     reconcile_seconds: float = 30.0      # List every agent and repair drift this often
+    resync_seconds: float = 300.0        # list the API and drop deletions a watch missed
     # Events on pods for Failed programs, and kopf's own posting level.
     post_events: bool = True
 

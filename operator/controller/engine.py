@@ -122,7 +122,7 @@ class Engine:
             self.synced = True
             self._reports_wanted = True
             self._pending |= refs
-            self.counters["loaded objects"] += 1
+            self.counters["initial listings"] += 1
             self._wake.notify_all()
             nodes = self.world.agent_nodes()
         self.on_agents(nodes)
@@ -149,6 +149,22 @@ class Engine:
         if outcome.agents:
             self.on_agents(outcome.agents)
         return outcome
+
+    def known(self, kind: str) -> set[tuple[str | None, str]]:
+        with self._lock:
+            return self.world.known(kind)
+
+    def vanished(self, kind: str, keys: Iterable[tuple[str | None, str]]) -> int:
+        """Objects a fresh listing no longer has (their deletion was missed,
+        e.g. while a watch was down): deleted from the model like a DELETED event."""
+        count = 0
+        for namespace, name in keys:
+            meta = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+            self.event(kind, events.DELETED, {"kind": kind, "metadata": meta})
+            count += 1
+        with self._lock:
+            self.counters["missed deletions"] += count
+        return count
 
     # -- the CNI hand-off --------------------------------------------------------------
 
@@ -331,6 +347,9 @@ class Engine:
                 ref = f"{key}[Pod]"
                 pod = self.world.state.pods.get((*key.split("/", 1), "Pod"))
                 if pod is None and ref not in sent and self._sent_at.get(ref, 0.0) <= asked_at:
+                    # Marked as sent now, so a List asked before the Remove
+                    # lands (another round) does not send it again.
+                    self._sent_at[ref] = self.clock()
                     namespace, name = key.split("/", 1)
                     orphans.append(Work(REMOVE, desired.Push(desired.REMOVE, ref, node),
                                         namespace, name, report.uid))
@@ -433,6 +452,11 @@ class Engine:
             nodes = self.world.agent_nodes()
             nodes |= {p.node for p in self.world.state.pods.values() if p.node}
             return nodes
+
+    def states(self) -> dict[str, int]:
+        """PodPrograms by state."""
+        with self._lock:
+            return dict(collections.Counter(v.state for v in self._views.values()))
 
     def views_pending(self) -> int:
         """Views changed and not yet taken by the writer."""

@@ -35,6 +35,15 @@ POD, NAMESPACE, NODE = "Pod", "Namespace", "Node"
 NETWORK_POLICY = "NetworkPolicy"
 ANP, BANP = "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"
 KINDS = (NAMESPACE, NODE, POD, NETWORK_POLICY, ANP, BANP)
+# kind -> (group, version, plural): what is watched and listed.
+RESOURCES = {
+    NAMESPACE: ("", "v1", "namespaces"),
+    NODE: ("", "v1", "nodes"),
+    POD: ("", "v1", "pods"),
+    NETWORK_POLICY: ("networking.k8s.io", "v1", "networkpolicies"),
+    ANP: ("policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"),
+    BANP: ("policy.networking.k8s.io", "v1alpha1", "baselineadminnetworkpolicies"),
+}
 DELETED = "DELETED"
 
 AGENT_LABEL, AGENT_NAME = "app.kubernetes.io/name", "tailor-agent"
@@ -60,8 +69,10 @@ def essence(kind: str, body: Mapping) -> dict:
     out = {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": keep_meta}
     if kind == POD:
         spec = body.get("spec") or {}
-        out["spec"] = {k: _plain(spec[k]) for k in ("nodeName", "hostNetwork", "containers")
-                       if spec.get(k) is not None}
+        out["spec"] = {k: _plain(spec[k]) for k in ("nodeName", "hostNetwork") if spec.get(k) is not None}
+        # Of the containers, only their ports matter (named ports, agent discovery).
+        out["spec"]["containers"] = [{"name": c.get("name"), "ports": _plain(c.get("ports") or [])}
+                                     for c in spec.get("containers") or [] if isinstance(c, Mapping)]
         status = body.get("status") or {}
         out["status"] = {k: _plain(status[k]) for k in ("phase", "podIP", "podIPs") if status.get(k)}
     elif kind == NODE:
@@ -95,6 +106,7 @@ class World:
         self.uids: dict[str, str] = {}                           # pod ref -> uid
         self._agent_pods: dict[tuple[str, str], tuple[str, str]] = {}   # (ns, name) -> (node, address)
         self._annotated: dict[str, str] = {}                      # node -> address (annotation)
+        self._namespaces: set[str] = set()                        # declared by a Namespace object
 
     # -- events ----------------------------------------------------------------------
 
@@ -173,6 +185,7 @@ class World:
 
     def _namespace(self, name: str, body: Mapping, gone: bool) -> Outcome:
         if gone:
+            self._namespaces.discard(name)
             members = list(self.state.pods_in(name))
             if not self.state.delete(NAMESPACE, None, name):
                 return Outcome()
@@ -180,6 +193,7 @@ class World:
                 self.uids.pop(pod.ref, None)
             return Outcome(affected.union(*(affected.by_pod(self.state, p, None) for p in members)))
         labels = selectors.parse_labels((body.get("metadata") or {}).get("labels"), "metadata.labels")
+        self._namespaces.add(name)
         old = self.state.namespace_labels(name)
         self.state.add_namespace(name, labels)
         new = self.state.namespace_labels(name)
@@ -266,6 +280,22 @@ class World:
         return new, (affected.by_pod(self.state, old, new) - {new.ref}) if new != old else set()
 
     # -- lookups -----------------------------------------------------------------------
+
+    def known(self, kind: str) -> set[tuple[str | None, str]]:
+        """(namespace, name) of every object of `kind` the model holds from an
+        event (not the namespaces pods merely name; agent pods included)."""
+        state = self.state
+        if kind == POD:
+            return {(p.namespace, p.name) for p in state.pods.values() if p.kind == POD} | set(self._agent_pods)
+        if kind == NAMESPACE:
+            return {(None, n) for n in self._namespaces}
+        if kind == NODE:
+            return {(None, n) for n in state.nodes} | {(None, n) for n in self._annotated}
+        if kind == NETWORK_POLICY:
+            return set(state.network_policies)
+        if kind == ANP:
+            return {(None, n) for n in state.admin_policies}
+        return {(None, state.baseline.name)} if state.baseline else set()
 
     def agent_address(self, node: str) -> str | None:
         """Where the agent of `node` listens: the node's annotation, else the

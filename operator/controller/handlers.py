@@ -26,20 +26,9 @@ import kopf
 
 from tailor.operator.controller import events
 
-# kind -> (group, version, plural), as kopf selects resources.
-RESOURCES = {
-    events.NAMESPACE: ("", "v1", "namespaces"),
-    events.NODE: ("", "v1", "nodes"),
-    events.POD: ("", "v1", "pods"),
-    events.NETWORK_POLICY: ("networking.k8s.io", "v1", "networkpolicies"),
-    events.ANP: ("policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"),
-    events.BANP: ("policy.networking.k8s.io", "v1alpha1", "baselineadminnetworkpolicies"),
-}
-
-
 def index_id(kind: str) -> str:
     """The kwarg name kopf passes the kind's index under."""
-    return f"tailor_{RESOURCES[kind][2]}"
+    return f"tailor_{events.RESOURCES[kind][2]}"
 
 
 def register(registry: kopf.OperatorRegistry, controller) -> None:
@@ -79,7 +68,7 @@ def register(registry: kopf.OperatorRegistry, controller) -> None:
 
 
 def _register_kind(registry: kopf.OperatorRegistry, controller, kind: str) -> None:
-    group, version, plural = RESOURCES[kind]
+    group, version, plural = events.RESOURCES[kind]
     resource = (group, version, plural) if group else (version, plural)
 
     @kopf.index(*resource, id=index_id(kind), registry=registry)

@@ -21,6 +21,12 @@ program is in force. The operator:
 
 With two operator replicas only the Lease holder serves this port (the
 other has not started it), so the agents' Service reaches the active one.
+
+Trust: an answer here records the asking agent's addresses for the pod, and
+they join other pods' peer maps. The port speaks plain gRPC with no client
+authentication, so it must be reachable from the node agents only (the
+chart's NetworkPolicy / host network); the node in the request must be the
+pod's scheduled node, which limits, but does not prevent, a lying caller.
 """
 from __future__ import annotations
 

@@ -34,17 +34,16 @@ import urllib.error
 import urllib.request
 import uuid
 
+import attrs
 import grpc
 import kmock
 import kopf
-from kmock._internal import parsing
+from kmock._internal import parsing     # its path parser: see _fix_namespace_paths
 
-import attrs
 import kube_resources
 from tailor.datapath.agent import core as core_
 from tailor.datapath.agent import server as server_
 from tailor.datapath.agent import source as source_
-from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
 from tailor.datapath.agent.backends.emulated import EmulatedBackend
 from tailor.datapath.lab import emulated as lab_emulated
@@ -460,7 +459,8 @@ class World:
         self.config = config_.Config(
             source_listen=self.source, lease_name="tailor-operator", lease_namespace="default",
             lease_seconds=lease_seconds, lease_renew_seconds=lease_seconds / 4,
-            reconcile_seconds=reconcile_seconds, push_timeout=5.0, retry_first=0.05, retry_max=0.5,
+            reconcile_seconds=reconcile_seconds, resync_seconds=1.0, push_timeout=5.0,
+            retry_first=0.05, retry_max=0.5,
             watch_reconnect_backoff=0.1, watch_server_timeout=60, watch_client_timeout=90.0)
         self.operators: list[Operator] = []
         for i, node in enumerate(self.NODES, 1):
@@ -489,6 +489,7 @@ class World:
 
     def start_operator(self, **changes) -> Operator:
         changes.setdefault("identity", f"operator-{len(self.operators) + 1}")
+        changes.setdefault("metrics_port", free_port())
         config = dataclasses.replace(self.config, **changes)
         operator = Operator(self.kube.url, config)
         self.operators.append(operator)
@@ -585,6 +586,17 @@ class World:
                     return False
             return engine.idle()
         eventually(check, timeout, what="the operator settles")
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's /metrics, {sample name with labels: value}."""
+        port = self.operator.config.metrics_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
     def counts(self) -> dict[str, collections.Counter]:
         out = {"applies": collections.Counter(), "reloads": collections.Counter(),

@@ -4,8 +4,12 @@ peers did — and nothing to anyone else."""
 import dataclasses
 import pathlib
 
+import pytest
+
 from tailor.operator import affected, desired
 from tailor.operator.cluster import manifests
+
+pytestmark = pytest.mark.operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/01-namespaces-and-ports"

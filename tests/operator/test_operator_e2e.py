@@ -14,7 +14,6 @@ import pathlib
 import pytest
 import yaml
 
-import operator_world
 from operator_world import World, eventually
 from tailor.operator import policy
 from tailor.operator.compiler import build, mapdata
@@ -144,6 +143,9 @@ def test_every_podprogram_loads_with_the_compiled_features(world):
     assert "ingress-policy" not in pps["y/a"]["status"]["features"]
     # Every program reached its agent through the CNI hand-off first.
     assert world.operator.engine.counters["handed"] == len(want)
+    metrics = world.metrics()
+    assert metrics["tailor_operator_handed_total"] == len(want)
+    assert metrics['tailor_operator_podprograms{state="Loaded"}'] == len(want)
 
 
 def test_connectivity_through_the_agents_equals_the_model(world):
@@ -266,10 +268,12 @@ def test_agent_restart_is_repaired(world):
 
 def test_watch_dropped_and_restored_converges(world):
     world.kube.drop_watches()
-    # Changes the operator cannot see while its watches are down.
+    # Changes the operator cannot see while its watches are down, a deleted
+    # pod among them (a restored watch lists what is there, not what went).
     world.patch("Namespace", None, "y", {"metadata": {"labels": {"ns": "yy"}}})
     world.patch("NetworkPolicy", "x", "a-from-y", {"spec": {"ingress": [
         {"from": [{"namespaceSelector": {"matchLabels": {"ns": "yy"}}}], "ports": [{"port": 80}]}]}})
+    world.delete("Pod", "z", "c")
     import time
     time.sleep(0.5)
     engine = world.operator.engine
@@ -277,9 +281,16 @@ def test_watch_dropped_and_restored_converges(world):
     world.kube.restore_watches()
     converge(world)
     assert engine.world.state.namespace_labels("y")["ns"] == "yy"
-    pps = eventually(lambda: all(pp["status"]["state"] == "Loaded" for pp in world.kube.podprograms().values())
-                     and world.kube.podprograms())
-    assert pps["x/a"]["status"]["hash"] == compiled(world)["x/a"][0]
+    want = compiled(world)
+
+    def statuses():
+        pps = world.kube.podprograms()
+        assert set(pps) == set(want)                                  # z/c's went with it
+        assert all(pp["status"]["state"] == "Loaded" and pp["status"]["hash"] == want[k][0]
+                   for k, pp in pps.items())
+        return True
+    eventually(statuses, what="every PodProgram current")
+    assert engine.counters["missed deletions"] == 1
 
 
 def test_a_failed_load_is_an_event_and_blocks_no_other_pod(world):

@@ -173,3 +173,18 @@ def test_the_engine_repairs_drift_and_removes_orphans():
     assert engine.counters["repairs"] == 1
     (again,) = engine.take(10, timeout=0)
     assert (again.rpc, again.pod) == (engine_.APPLY, "x/a[Pod]")
+
+
+def test_known_objects_are_those_events_brought():
+    # The resync deletes what a fresh listing lacks, out of these: a
+    # namespace a pod merely names is not among them.
+    world = events.World()
+    world.apply(events.POD, None, pod("a", ips=["10.1.0.2"]))
+    assert world.known(events.NAMESPACE) == set()
+    assert world.known(events.POD) == {("x", "a")}
+    world.apply(events.NAMESPACE, None, {"kind": "Namespace", "metadata": {"name": "x"}})
+    assert world.known(events.NAMESPACE) == {(None, "x")}
+    engine = engine_.Engine()
+    engine.load([(events.POD, pod("a", ips=["10.1.0.2"]))])
+    assert engine.vanished(events.POD, [("x", "a")]) == 1
+    assert engine.world.state.pods == {}
