@@ -170,20 +170,11 @@ class Node:
     def trace(self, src: str, dst: str, flow: pk.Flow) -> Trace:
         """Walk a connection's first packet and its reply through the programs."""
         s, d = self.pods[src], self.pods[dst]
-        steps: list[Step] = []
-        syn = pk.TCP_SYN
-        frame = pk.frame(flow, tcp_flags=syn, src_mac=s.mac, dst_mac=d.mac)
-        for pod, direction in ((s, EGRESS), (d, INGRESS)):
-            step, frame = self._run(pod, direction, frame)
-            steps.append(step)
-            if not step.passed:
-                return Trace(flow, steps)
-        reply = pk.frame(flow.reply(), tcp_flags=syn | pk.TCP_ACK, src_mac=d.mac, dst_mac=s.mac)
-        for pod, direction in ((d, EGRESS), (s, INGRESS)):
-            step, reply = self._run(pod, direction, reply)
-            steps.append(step)
-            if not step.passed:
-                break
+
+        def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
+            return self.engine.run(self.pods[key].loaded[direction], frame)
+
+        _, steps = walk(run, (src, s.mac), (dst, d.mac), flow)
         return Trace(flow, steps)
 
     def close(self) -> None:
@@ -193,6 +184,30 @@ class Node:
         for m in self.shared.values():
             self.engine.close(m)
         self.pods.clear()
+
+
+def walk(run, src: tuple[str | None, bytes], dst: tuple[str | None, bytes],
+         flow: pk.Flow) -> tuple[bool, list[Step]]:
+    """The datapath's walk, for every tracer (this module's Node and the
+    agent backends' Trace): src's egress and dst's ingress on the first
+    packet, then dst's egress and src's ingress on the reply. An end is
+    (pod key, MAC); a key of None is no local pod and runs no program.
+    Allowed when every program run passes. `run(key, direction, frame) ->
+    (retval, frame after)`."""
+    (skey, smac), (dkey, dmac) = src, dst
+    steps: list[Step] = []
+    first = pk.frame(flow, tcp_flags=pk.TCP_SYN, src_mac=smac, dst_mac=dmac)
+    reply = pk.frame(flow.reply(), tcp_flags=pk.TCP_SYN | pk.TCP_ACK, src_mac=dmac, dst_mac=smac)
+    for frame, hops in ((first, ((skey, EGRESS), (dkey, INGRESS))),
+                        (reply, ((dkey, EGRESS), (skey, INGRESS)))):
+        for key, direction in hops:
+            if key is None:
+                continue
+            retval, frame = run(key, direction, frame)
+            steps.append(Step(key, direction, retval))
+            if retval not in PASSING:
+                return False, steps
+    return True, steps
 
 
 def flow_between(src: ProgramSpec, dst: ProgramSpec, protocol: str, port: int) -> pk.Flow | None:

@@ -18,6 +18,8 @@ import ipaddress
 from collections.abc import Callable
 
 from tailor.datapath import packets as pk
+from tailor.datapath import trace
+from tailor.datapath.ebpf.errors import KernelError
 from tailor.datapath.ebpf.helper_ids import TcAct
 from tailor.operator.compiler import layout
 
@@ -237,24 +239,10 @@ Run = Callable[[str, str, bytes], tuple[int, bytes]]
 
 
 def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:
-    """src's egress and dst's ingress on the first packet, then dst's egress
-    and src's ingress on the reply; an end that is not a local pod runs no
-    program. Allowed when every step run passes. `run(key, direction,
-    frame) -> (retval, frame after)`."""
-    steps: list[TraceStep] = []
-    first = pk.frame(flow, tcp_flags=pk.TCP_SYN, src_mac=src.mac, dst_mac=dst.mac)
-    reply = pk.frame(flow.reply(), tcp_flags=pk.TCP_SYN | pk.TCP_ACK, src_mac=dst.mac,
-                     dst_mac=src.mac)
-    for frame, hops in ((first, ((src, "egress"), (dst, "ingress"))),
-                        (reply, ((dst, "egress"), (src, "ingress")))):
-        for end, direction in hops:
-            if end.key is None:
-                continue
-            retval, frame = run(end.key, direction, frame)
-            steps.append(TraceStep(end.key, direction, retval))
-            if retval not in PASSING:
-                return TraceResult(False, tuple(steps))
-    return TraceResult(True, tuple(steps))
+    """The datapath's walk (datapath.trace.walk) over this node's pods;
+    `run(key, direction, frame) -> (retval, frame after)`."""
+    allowed, steps = trace.walk(run, (src.key, src.mac), (dst.key, dst.mac), flow)
+    return TraceResult(allowed, tuple(TraceStep(s.pod, s.direction, s.retval) for s in steps))
 
 
 def resolve_end(what: str, endpoints: dict[str, Endpoint]) -> TraceEnd:
@@ -288,6 +276,25 @@ def replace_contents(m, entries: dict[bytes, bytes]) -> int:
     for key in current.keys() - entries.keys():
         if m.delete(key):
             changed += 1
+    return changed
+
+
+def update_pod_maps(key: str, own: dict[str, dict], maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
+    """UpdateMaps for either backend: `own` is {direction: {map name: map
+    object}} of the pod's own maps. Every named map is checked first, so a
+    bad request changes nothing; then each is made to hold exactly its new
+    entries. Returns how many entries changed."""
+    for d, tables in maps.items():
+        for name in tables:
+            if name not in own.get(d, {}):
+                raise BackendError(f"pod {key}: its {d} program has no map {name!r} of its own to update")
+    changed = 0
+    for d, tables in maps.items():
+        for name, entries in tables.items():
+            try:
+                changed += replace_contents(own[d][name], entries)
+            except (ValueError, KernelError) as e:
+                raise BackendError(f"pod {key}: {d} map {name!r}: {e}") from None
     return changed
 
 

@@ -119,19 +119,7 @@ class EmulatedBackend(base.Backend):
     def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
         with self._lock:
             pod = self._pod(key)
-            for d, tables in maps.items():
-                for name in tables:
-                    if name not in pod.maps.get(d, {}):
-                        raise base.BackendError(f"pod {key}: its {d} program has no map {name!r} "
-                                                "of its own to update")
-            changed = 0
-            for d, tables in maps.items():
-                for name, entries in tables.items():
-                    try:
-                        changed += base.replace_contents(pod.maps[d][name], entries)
-                    except (ValueError, vm.MapError) as e:
-                        raise base.BackendError(f"pod {key}: {d} map {name!r}: {e}") from None
-            return changed
+            return base.update_pod_maps(key, pod.maps, maps)
 
     # -- reading ---------------------------------------------------------------------
 

@@ -491,27 +491,12 @@ class KernelBackend(base.Backend):
         shutil.rmtree(self._state(dirname), ignore_errors=True)
         base.drop_endpoints(self.node_maps, endpoint)
 
-    # -- endpoints -----------------------------------------------------------------------
-
-
     # -- maps ----------------------------------------------------------------------------
 
     def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
         with self._lock:
             pod = self._pod(key)
-            for d, tables in maps.items():
-                for name in tables:
-                    if d not in pod.sides or name not in pod.sides[d].maps:
-                        raise base.BackendError(f"pod {key}: its {d} program has no map {name!r} "
-                                                "of its own to update")
-            changed = 0
-            for d, tables in maps.items():
-                for name, entries in tables.items():
-                    try:
-                        changed += base.replace_contents(pod.sides[d].maps[name], entries)
-                    except (ValueError, errors.KernelError) as e:
-                        raise base.BackendError(f"pod {key}: {d} map {name!r}: {e}") from None
-            return changed
+            return base.update_pod_maps(key, {d: side.maps for d, side in pod.sides.items()}, maps)
 
     # -- reading -------------------------------------------------------------------------
 
