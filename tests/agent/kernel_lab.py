@@ -92,6 +92,8 @@ class Lab:
            "netns", ns)
         sh("ip", "-n", self.node, "link", "set", host, "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # IPv4-only, as the CNI wires such a pod: no IPv6 chatter for the program to drop.
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "eth0")
         sh("ip", "-n", ns, "route", "add", GATEWAY, "dev", "eth0", "scope", "link")

@@ -27,7 +27,9 @@ the pair, and with them their routes and neighbours.
 
 IPv6 duplicate address detection is off on the pod interface (accept_dad=0,
 and the addresses are added with IFA_F_NODAD) so the addresses work the moment
-ADD returns.
+ADD returns. A pod without an IPv6 address gets IPv6 turned off on its
+interface and the host side (disable_ipv6=1): its programs have no IPv6 path and would only drop
+the router solicitations and MLD reports both kernels send otherwise.
 """
 from __future__ import annotations
 
@@ -146,9 +148,11 @@ class Wiring:
             ipr.link("set", index=host_idx, ifalias=f"{ALIAS_PREFIX}{container_id}/{ifname}")
         except (NetlinkError, ValueError) as e:
             raise WiringError(f"host side {host}: {_why(e)}") from None
-        dad_off = ifname if any(a.version == 6 for a in addresses) else None
+        ipv6 = (ifname, any(a.version == 6 for a in addresses))
+        if not ipv6[1]:
+            _set_ipv6(host, False)             # the host side's own IPv6 chatter too
         try:
-            with _pod(netns, nsfd, disable_dad=dad_off) as pod:
+            with _pod(netns, nsfd, ipv6=ipv6) as pod:
                 links = pod.link_lookup(ifname=ifname)
                 if not links:
                     raise WiringError(f"{ifname} did not appear in {netns}")
@@ -268,18 +272,18 @@ def _node() -> IPRoute:
 
 
 @contextlib.contextmanager
-def _pod(netns: str, nsfd: int | None = None, disable_dad: str | None = None):
+def _pod(netns: str, nsfd: int | None = None, ipv6: tuple[str, bool] | None = None):
     """IPRoute inside the pod's netns.
 
     The netlink socket is opened by a short-lived thread that has entered the
     namespace (setns changes only the calling thread's namespace, and the
     thread ends there): the same socket `IPRoute(netns=path)` gets, without
     the helper process pyroute2 forks for it, which a 200-pod burst would pay
-    200 times. The thread also turns off IPv6 DAD for `disable_dad`, a
-    /proc/sys/net write that netlink cannot do."""
+    200 times. The thread also sets `ipv6` = (interface, has IPv6): DAD off,
+    or IPv6 off — /proc/sys/net writes that netlink cannot do."""
     def inside():
-        if disable_dad:
-            _disable_dad(disable_dad)
+        if ipv6:
+            _set_ipv6(*ipv6)
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach()
 
     fd = _in_netns(netns, nsfd, inside)
@@ -323,11 +327,12 @@ def _in_netns(netns: str, nsfd: int | None, fn, *args):
     return box.get("value")
 
 
-def _disable_dad(ifname: str) -> None:
-    path = f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad"
+def _set_ipv6(ifname: str, enabled: bool) -> None:
+    name, value = ("accept_dad", "0") if enabled else ("disable_ipv6", "1")
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/{name}"
     if os.path.exists(path):   # absent when IPv6 is disabled in the pod
         with open(path, "w") as f:
-            f.write("0")
+            f.write(value)
 
 
 _LIBC = None
