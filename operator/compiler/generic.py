@@ -29,7 +29,7 @@ import struct
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R5, R6, R7, R8, R9, R10
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
-from tailor.operator.compiler import conntrack, forward, labels, layout, mapdata, parse
+from tailor.operator.compiler import conntrack, forward, labels, layout, mapdata, parse, rules
 from tailor.operator.compiler.program import CompileError, PodPrograms, Program
 from tailor.operator.compiler.spec import (ANY_PEER, EGRESS, INGRESS, Action, Cidr, Group, NamedPort,
                                            PortRange, ProgramSpec, TierKind)
@@ -157,7 +157,7 @@ def _family(b: Builder, family: int, direction: str) -> None:
         b.or64(R9, R1)
         b.label(labels.generic(family, "no_cidr"))
     with b.annotate("generic: named ports of the remote"):
-        _named_ports(b, family, remote)
+        rules.named_port_lookup(b, family, FRAME, remote)
     _rule_loop(b, family)
     b.label(labels.family_allow(family))
     _cfg(b, R1, 1, CFG_RECORD)
@@ -166,24 +166,6 @@ def _family(b: Builder, family: int, direction: str) -> None:
     if direction == EGRESS:
         b.label(passed)
         forward.deliver(b, family, FRAME)
-
-
-def _named_ports(b: Builder, family: int, remote: int) -> None:
-    f = layout.key_fields(family)
-    a = layout.addr_len(family)
-    for off in range(0, a, 4):
-        b.load(4, R1, R10, remote + off)
-        b.store(4, R10, FRAME.np_key + off, R1)
-    b.load(2, R1, R10, FRAME.key + f["dport"])
-    b.store(2, R10, FRAME.np_key + a, R1)
-    b.store(1, R10, FRAME.np_key + a + 2, R7)
-    b.store(1, R10, FRAME.np_key + a + 3, 0)
-    b.store(4, R10, FRAME.np_bits, 0)
-    b.map_lookup(f"nports{family}", FRAME.np_key)
-    b.jeq(R0, 0, labels.generic(family, "np_done"))
-    b.load(4, R1, R0, 0)
-    b.store(4, R10, FRAME.np_bits, R1)
-    b.label(labels.generic(family, "np_done"))
 
 
 def _rule_loop(b: Builder, family: int) -> None:

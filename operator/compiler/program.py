@@ -162,7 +162,7 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
             if named:
                 maps[f"nports{family}"] = layout.named_port_map(family)
                 with b.annotate("named ports: which the remote pod exposes at this port"):
-                    _named_port_lookup(b, family, frame, remote)
+                    rules.named_port_lookup(b, family, frame, remote)
             rules.emit(b, d, family, remote=remote, np_bits=frame.np_bits)
         else:
             b.jump(labels.family_allow(family))
@@ -208,27 +208,4 @@ def _peer_lookup(b: Builder, family: int, frame: layout.Frame, remote: int, word
     b.add64(R0, frame.zero)
     b.label(found)
     b.mov64(R9, R0)
-
-
-def _named_port_lookup(b: Builder, family: int, frame: layout.Frame, remote: int) -> None:
-    f = layout.key_fields(family)
-    a = layout.addr_len(family)
-    found = labels.lookup_found(family, "nports")
-    done = labels.lookup_done(family, "nports")
-    for off in range(0, a, 4):
-        b.load(4, R1, R10, remote + off)
-        b.store(4, R10, frame.np_key + off, R1)
-    b.load(2, R1, R10, frame.key + f["dport"])
-    b.store(2, R10, frame.np_key + a, R1)
-    b.load(1, R1, R10, frame.key + f["proto"])
-    b.store(1, R10, frame.np_key + a + 2, R1)
-    b.store(1, R10, frame.np_key + a + 3, 0)
-    b.map_lookup(f"nports{family}", frame.np_key)
-    b.jne(R0, 0, found)
-    b.store(4, R10, frame.np_bits, 0)
-    b.jump(done)
-    b.label(found)
-    b.load(4, R1, R0, 0)
-    b.store(4, R10, frame.np_bits, R1)
-    b.label(done)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import ipaddress
 import itertools
 
-from tailor.datapath.ebpf.builder import Builder, R1, R7, R8, R9, R10
-from tailor.operator.compiler import labels
+from tailor.datapath.ebpf.builder import Builder, R0, R1, R7, R8, R9, R10
+from tailor.operator.compiler import labels, layout
 from tailor.operator.compiler.spec import (ANY_PEER, Action, Cidr, Direction, Group, NamedPort,
                                            PortRange, Rule, TierKind)
 
@@ -130,3 +130,28 @@ def _cidr(b: Builder, peer: Cidr, remote: int, miss: str, hit: str, except_label
         b.jump(miss)
         b.label(not_this)
     b.jump(hit)
+
+
+def named_port_lookup(b: Builder, family: int, frame: layout.Frame, remote: int) -> None:
+    """np_bits = the named-port slots the remote pod exposes at this packet's
+    (port, protocol): one lookup, whatever the number of named ports."""
+    f = layout.key_fields(family)
+    a = layout.addr_len(family)
+    found = labels.lookup_found(family, "nports")
+    done = labels.lookup_done(family, "nports")
+    for off in range(0, a, 4):
+        b.load(4, R1, R10, remote + off)
+        b.store(4, R10, frame.np_key + off, R1)
+    b.load(2, R1, R10, frame.key + f["dport"])
+    b.store(2, R10, frame.np_key + a, R1)
+    b.load(1, R1, R10, frame.key + f["proto"])
+    b.store(1, R10, frame.np_key + a + 2, R1)
+    b.store(1, R10, frame.np_key + a + 3, 0)
+    b.map_lookup(f"nports{family}", frame.np_key)
+    b.jne(R0, 0, found)
+    b.store(4, R10, frame.np_bits, 0)
+    b.jump(done)
+    b.label(found)
+    b.load(4, R1, R0, 0)
+    b.store(4, R10, frame.np_bits, R1)
+    b.label(done)
