@@ -20,6 +20,10 @@ def register(sub) -> None:
     up.add_argument("--backend", choices=("kernel", "emulated"), default=None,
                     help="kernel (root: namespaces, veths, eBPF) or emulated (no root: the agents' VM); "
                          "default kernel as root, else emulated")
+    up.add_argument("--control", choices=("lab", "operator"), default="lab",
+                    help="who compiles and pushes the programs: the lab's controller (default), or an "
+                         "API server holding the manifests' objects and `tailor operator`, as in a cluster "
+                         "(then: KUBECONFIG=<run dir>/kubeconfig kubectl get pp -A)")
     _name(up)
     up.set_defaults(func=_up)
 
@@ -61,7 +65,7 @@ def _errors(fn):
 def _up(args) -> int:
     from tailor.datapath.lab import lab
 
-    lab.up(args.filename, nodes=args.nodes, backend=args.backend, name=args.name,
+    lab.up(args.filename, nodes=args.nodes, backend=args.backend, name=args.name, control=args.control,
            echo=lambda line: print(line, flush=True))
     return 0
 
@@ -106,7 +110,9 @@ def _status(args) -> int:
         return 0
     print(f"lab {data['name']} ({data['backend']}): "
           f"{'up' if data['ready'] else 'not ready, last step ' + data['step']}; "
-          f"controller {data['controller']}; run dir {data['run_dir']}")
+          f"control plane: {data['controller']}; run dir {data['run_dir']}")
+    if data.get("api"):
+        print(f"API server {data['api']['url']}: KUBECONFIG={data['api']['kubeconfig']} kubectl get pp -A")
     print("NODES")
     for n in data["nodes"]:
         print(f"  {n['name']:<12} {','.join(n['underlay']):<32} pods {','.join(n['pod_cidrs']):<34} agent {n['agent']}")

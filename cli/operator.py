@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--lease-namespace", default=_own_namespace(), metavar="NS",
                    help="namespace of the Lease (default: $POD_NAMESPACE, else the service "
                         "account's, else default: %(default)s)")
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="the API server to use (default: the in-cluster service account, else $KUBECONFIG "
+                        "or ~/.kube/config)")
     p.add_argument("--liveness", metavar="URL", help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on this port")
     p.add_argument("--reconcile-seconds", type=float, default=30.0, metavar="S",
@@ -61,10 +64,14 @@ def _run(args) -> int:
 
     from tailor.operator.controller import app, config   # kopf, grpc: only when running
 
+    if args.kubeconfig:
+        if not os.path.isfile(args.kubeconfig):
+            print(f"tailor operator: --kubeconfig {args.kubeconfig}: no such file", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = config.Config(
-        namespaces=tuple(args.namespace), source_listen=args.source_listen,
+        namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig, source_listen=args.source_listen,
         lease_name=None if args.no_lease else args.lease, lease_namespace=args.lease_namespace,
         identity=os.environ.get("POD_ID") or os.environ.get("POD_NAME") or None,
         peering=args.peering, liveness=args.liveness, metrics_port=args.metrics_port,

@@ -24,17 +24,18 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+# lab: kmock, the API server of `tailor lab up --control operator` (make run).
+extras="[lab]"
+[[ "${1:-}" == "--test" ]] && extras="[lab,test]"
 echo "install-deps: pip install -e .${extras}" >&2
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
 if [[ "${1:-}" == "--test" ]]; then
     # Helm as a library, to lint the chart and install it into the kmock API
     # emulator (tests/charts, tests/operator). helm-sdkpy declares Python >= 3.12
     # but works on 3.11, hence --ignore-requires-python.
-    echo "install-deps: pip install helm-sdkpy kmock" >&2
+    echo "install-deps: pip install helm-sdkpy" >&2
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-        --ignore-requires-python "helm-sdkpy>=0.1.32" "kmock>=0.8"
+        --ignore-requires-python "helm-sdkpy>=0.1.32"
 fi
 
 if [[ $EUID -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then

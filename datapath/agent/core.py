@@ -78,6 +78,9 @@ class Core:
         self.attach_timeout = attach_timeout
         self.metrics = metrics or NullMetrics()
         self._programs: dict[str, object] = {}                  # key -> wire.Received
+        # key -> how many Applies / UpdateMaps it has had: a CNI ADD that
+        # fetched a program while one of those arrived keeps the newer one.
+        self._pushes: dict[str, int] = {}
         self._endpoints: dict[str, base.Endpoint] = {}          # key -> endpoint
         self._uids: dict[str, str] = {}                         # key -> uid the CNI named
         self._attachments: dict[tuple[str, str], str] = {}      # (containerID, ifname) -> key
@@ -122,6 +125,7 @@ class Core:
             unchanged = (known is not None and known.uid == received.uid
                          and known.hash == received.hash and key not in self._failures)
             self._programs[key] = received
+            self._pushes[key] = self._pushes.get(key, 0) + 1
             self._arrived.notify_all()
             endpoint = self._endpoint_for(key, received.uid)
             if endpoint is None:
@@ -162,6 +166,7 @@ class Core:
             for d, tables in maps.items():
                 entries.setdefault(d, {}).update(tables)
             self._programs[key] = dataclasses.replace(known, entries=entries)
+            self._pushes[key] = self._pushes.get(key, 0) + 1
             if self.backend.state(key) is None:
                 changed = sum(len(t) for tables in maps.values() for t in tables.values())
             else:
@@ -181,6 +186,7 @@ class Core:
                 return False           # a Remove meant for an older pod of that name
             removed = self._programs.pop(key, None) is not None
             self._failures.pop(key, None)
+            self._pushes.pop(key, None)
             return self.backend.detach(key) or removed
 
     def get(self, namespace: str, name: str) -> base.PodState:
@@ -254,12 +260,19 @@ class Core:
             self._endpoints[key] = ep
             self._uids[key] = uid
             self._attachments[(ep.container_id, ep.ifname)] = key
+            pushes = self._pushes.get(key, 0)
         try:
             received = self._await_program(namespace, name, uid, ep, started + self.attach_timeout)
             with self._lock:
                 if self._endpoints.get(key) is not ep:
                     raise base.AttachFailed(f"pod {key}: its attachment was removed while "
                                             "its program was being fetched")
+                newer = self._programs.get(key)
+                if self._pushes.get(key, 0) != pushes and newer is not None \
+                        and (not uid or not newer.uid or newer.uid == uid):
+                    # An Apply or UpdateMaps came while the program source
+                    # answered: it was sent after the answer, so it is newer.
+                    received = newer
                 self._programs[key] = received
                 try:
                     self.backend.attach(ep, received)

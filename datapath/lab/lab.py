@@ -7,6 +7,11 @@ file what it is about to make before making it:
     kernel:   underlay -> controller -> agents -> pods (netns + CNI ADD) -> sync
     emulated: controller -> agents -> pods (registered through the controller) -> sync
 
+With `control="operator"` the controller step is replaced by an API server
+holding the lab's objects and `tailor operator` (operated.py): the agents
+ask the operator at CNI ADD, each pod's addresses are reported in its
+status, and sync waits for every PodProgram to be Loaded.
+
 If a step fails, `up` takes down what it made and raises LabError naming
 the step and the fix. `down` undoes whatever the state file records, in
 reverse: CNI DEL per pod, processes, pod/node/switch namespaces, the bpffs
@@ -39,7 +44,12 @@ FIXES = {
     "pods": "the CNI error above names the pod and the agent's reason; the node agents' logs are "
             "in {run_dir}/agent-<node>.log",
     "sync": "the controller could not push to an agent: read {run_dir}/controller.log",
+    "api": "read the API server's log in {run_dir}/apiserver.log",
+    "operator": "read the operator's log in {run_dir}/operator.log",
+    "sync/operator": "the PodPrograms' status.message say why (`KUBECONFIG={run_dir}/kubeconfig "
+                     "kubectl get pp -A -o yaml`); the operator's log is {run_dir}/operator.log",
 }
+CONTROLS = ("lab", "operator")
 
 
 class LabError(Exception):
@@ -56,8 +66,10 @@ def _quiet(_: str) -> None:
 # -- up ---------------------------------------------------------------------------
 
 def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None,
-       name: str = "lab", echo: Echo = print) -> dict:
-    """Build the lab; returns its state."""
+       name: str = "lab", control: str = "lab", echo: Echo = print) -> dict:
+    """Build the lab; returns its state. `control`: "lab" (the lab's
+    controller compiles and pushes) or "operator" (an API server and
+    `tailor operator` do)."""
     from tailor.operator.cluster import manifests
     from tailor.operator.errors import ManifestError
 
@@ -66,6 +78,14 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
     if backend == "kernel" and not root:
         raise LabError("the kernel lab makes network namespaces and loads eBPF programs, which needs "
                        "root: run as root, or use --backend emulated")
+    if control not in CONTROLS:
+        raise LabError(f"control {control!r}: use one of {', '.join(CONTROLS)}")
+    if control == "operator":
+        try:
+            import kmock  # noqa: F401 - the API server's engine
+        except ImportError:
+            raise LabError("--control operator serves the Kubernetes API with kmock, which is not "
+                           "installed: scripts/install-deps.sh (or pip install kmock)") from None
     try:
         plan_.check_name(name)
     except plan_.PlanError as e:
@@ -89,15 +109,23 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
             raise LabError(f"pinned programs of an earlier lab {name} are still at {pins}: "
                            f"`rm -r {pins}`, or pick another --name")
     data = _initial(plan, backend, paths)
+    data["control"] = control
+    if control == "operator":
+        from tailor.datapath.lab import operated
+
+        operated.plan(data)
     state_.save(data)
     started = time.monotonic()
-    echo(f"lab {name}: {len(plan.nodes)} nodes, {len(plan.pods)} pods, {backend} backend")
+    echo(f"lab {name}: {len(plan.nodes)} nodes, {len(plan.pods)} pods, {backend} backend"
+         + (", tailor operator" if control == "operator" else ""))
     if backend == "emulated":
         echo("  emulated: no namespaces, veths or CNI; agents run the programs in the userspace VM "
              "and `tailor lab probe` answers with their Trace RPC, not with real connections")
-    steps = ([("underlay", _underlay)] if backend == "kernel" else []) + [
-        ("controller", _controller), ("agents", _agents),
-        ("pods", _pods_kernel if backend == "kernel" else _pods_emulated), ("sync", _sync)]
+    control_steps = [("api", _api), ("operator", _operator)] if control == "operator" \
+        else [("controller", _controller)]
+    steps = ([("underlay", _underlay)] if backend == "kernel" else []) + control_steps + [
+        ("agents", _agents), ("pods", _pods_kernel if backend == "kernel" else _pods_emulated),
+        ("sync", _sync_operator if control == "operator" else _sync)]
     step = "plan"
     try:
         for step, run in steps:
@@ -107,7 +135,7 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
             run(data, echo)
             echo(f"  {step}: done in {time.monotonic() - t0:.1f}s")
     except BaseException as e:
-        fix = FIXES.get(step, "").format(name=name, run_dir=data["run_dir"])
+        fix = FIXES.get(f"{step}/{control}", FIXES.get(step, "")).format(name=name, run_dir=data["run_dir"])
         echo(f"lab {name}: step {step!r} failed; taking down what was made")
         logs = _keep_logs(data)
         try:
@@ -157,6 +185,18 @@ def _underlay(data: dict, echo: Echo) -> None:
     netns_.route_nodes(data["nodes"])
 
 
+def _api(data: dict, echo: Echo) -> None:
+    from tailor.datapath.lab import operated
+
+    operated.start_api(data, echo)
+
+
+def _operator(data: dict, echo: Echo) -> None:
+    from tailor.datapath.lab import operated
+
+    operated.start_operator(data, echo)
+
+
 def _controller(data: dict, echo: Echo) -> None:
     processes.start(data, "controller", processes.controller_argv(data))
     processes.wait_socket(data, "controller", os.path.join(data["run_dir"], "controller.sock"))
@@ -192,6 +232,8 @@ def _pods_kernel(data: dict, echo: Echo) -> None:
             pod.update(addresses=cni.addresses(result), interface=cni.host_interface(result), wired=True,
                        cni_add_ms=elapsed_ms)
             state_.save(data)
+        _report(data, pod)
+        with lock:
             done[0] += 1
             _progress(echo, done[0], total)
 
@@ -233,6 +275,8 @@ def _pods_emulated(data: dict, echo: Echo) -> None:
         with lock:
             pod.update(interface=answer["interface"], wired=True)
             state_.save(data)
+        _report(data, pod)
+        with lock:
             done[0] += 1
             _progress(echo, done[0], total)
 
@@ -246,6 +290,37 @@ def _sync(data: dict, echo: Echo) -> None:
     data["pushes"] = {k: answer[k] for k in ("programs", "applied", "updated", "failed")}
     if not answer["synced"] or answer["failures"]:
         raise LabError("pushes to the agents failed: " + "; ".join(answer["failures"] or ["timed out"]))
+
+
+def _report(data: dict, pod: dict) -> None:
+    if data.get("control") == "operator":
+        from tailor.datapath.lab import operated
+
+        operated.report(data, pod)
+
+
+def _sync_operator(data: dict, echo: Echo) -> None:
+    from tailor.datapath.lab import operated
+
+    data["pushes"] = operated.sync(data, lambda: held(data))
+    echo(f"  every PodProgram Loaded: {len(data['pods'])} pods; operator "
+         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["pushes"].items()))
+
+
+def held(data: dict) -> dict[str, str]:
+    """{"ns/name": hash} of every program the lab's agents hold."""
+    import grpc
+
+    from tailor.datapath.agent.api import agent_pb2 as pb
+    from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
+
+    out = {}
+    for node in data["nodes"]:
+        with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
+            reply = pb_grpc.AgentStub(channel).List(pb.ListRequest(), timeout=5)
+        out.update({f"{s.pod.namespace}/{s.pod.name}": s.hash for s in reply.pods
+                    if s.state == pb.State.LOADED})
+    return out
 
 
 def _percentile(sorted_values: list[float], pct: int) -> float:
@@ -315,7 +390,12 @@ def status(name: str) -> dict:
                 "message": s.message, "interface": s.interface}
     for pod in data["pods"]:
         pod["program"] = listed.get(pod["uid"]) or listed.get(f"{pod['namespace']}/{pod['name']}")
-    data["controller"] = "running" if processes.alive(data["processes"].get("controller")) else "not running"
+    control = data.get("control", "lab")
+    keys = ("apiserver", "operator") if control == "operator" else ("controller",)
+    data["control_plane"] = {k: "running" if processes.alive(data["processes"].get(k)) else "not running"
+                             for k in keys}
+    data["controller"] = data["control_plane"]["controller"] if control == "lab" else \
+        ", ".join(f"{k} {v}" for k, v in data["control_plane"].items())
     return data
 
 
@@ -357,9 +437,9 @@ def down(name: str, echo: Echo = print) -> list[str]:
         _parallel(delete, wired)
         if wired:
             removed.append(f"{len(wired)} pod attachments (CNI DEL)")
-    # 2. Processes: agents, then the controller; then anything still running
+    # 2. Processes: agents, then the control plane; then anything still running
     #    inside the lab's namespaces (probe servers, test clients).
-    for key in sorted(data.get("processes", {}), key=lambda k: k == "controller"):
+    for key in sorted(data.get("processes", {}), key=lambda k: not k.startswith("agent/")):
         if processes.stop(data, key):
             removed.append(f"process {key} (pid {data['processes'][key]['pid']})")
     if kernel:

@@ -119,6 +119,12 @@ def expected(lab: dict) -> list[dict]:
     --datapath model` on the lab's manifests with each pod at the addresses
     the lab gave it (ipBlocks then see the same addresses as the datapath),
     restricted to the probed protocols and ports."""
+    return restrict(reachability.connectivity(model(lab)), targets(lab)[0])
+
+
+def model(lab: dict):
+    """The ClusterState of the lab's manifests with each wired pod at the
+    addresses the lab gave it (pods not wired are left out)."""
     import dataclasses
 
     from tailor.operator.cluster.state import ClusterState
@@ -137,7 +143,7 @@ def expected(lab: dict) -> list[dict]:
     for pod in declared.sorted_pods():
         if pod.ref in at:
             cluster.add_pod(dataclasses.replace(pod, ips=at[pod.ref]))
-    return restrict(reachability.connectivity(cluster), targets(lab)[0])
+    return cluster
 
 
 def differences(got: list[dict], want: list[dict]) -> list[str]:

@@ -1,4 +1,6 @@
-"""The lab's long-running processes: one node agent per node and the controller.
+"""The lab's long-running processes: one node agent per node and the
+control plane — the lab's controller, or (`--control operator`) an API
+server and `tailor operator`.
 
 Called by lab.up/down and by tests (the kill -9 test restarts an agent with
 the argv recorded here). Each process runs in its own session (it outlives
@@ -33,7 +35,7 @@ def python() -> list[str]:
 def agent_argv(data: dict, node: dict) -> list[str]:
     """Kernel: the real agent (`tailor agent`). Emulated: the same core and
     backend behind datapath/lab/emulated.py, which stands in for the CNI."""
-    source = f"unix:{os.path.join(data['run_dir'], 'controller.sock')}"
+    source = f"unix:{source_socket(data)}"
     if data["backend"] == "emulated":
         return python() + ["-m", "tailor.datapath.lab.emulated", "--node", node["name"],
                            "--listen", f"unix:{node['agent_socket']}",
@@ -45,6 +47,29 @@ def agent_argv(data: dict, node: dict) -> list[str]:
     for cidr in node["pod_cidrs"]:
         argv += ["--pod-cidr", cidr]
     return argv
+
+
+def source_socket(data: dict) -> str:
+    """Where the agents ask for a pod's program at CNI ADD: the lab's
+    controller, or the operator's ProgramSource."""
+    name = "operator-source.sock" if data.get("control") == "operator" else "controller.sock"
+    return os.path.join(data["run_dir"], name)
+
+
+def apiserver_argv(data: dict) -> list[str]:
+    api = data["api"]
+    return python() + ["-m", "tailor.datapath.lab.apiserver", "--port", str(api["port"]),
+                       "--kubeconfig", api["kubeconfig"]]
+
+
+def operator_argv(data: dict) -> list[str]:
+    """`tailor operator` against the lab's API server: one replica (no Lease),
+    ProgramSource on a unix socket the agents reach from their namespaces,
+    drift repaired every few seconds."""
+    api = data["api"]
+    return python() + ["-m", "tailor.cli.main", "operator", "--kubeconfig", api["kubeconfig"],
+                       "--source-listen", f"unix:{source_socket(data)}", "--no-lease",
+                       "--metrics-port", str(api["metrics_port"]), "--reconcile-seconds", "5"]
 
 
 def controller_argv(data: dict) -> list[str]:

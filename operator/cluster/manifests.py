@@ -42,6 +42,11 @@ def load(paths: Iterable[str]) -> ClusterState:
     return state
 
 
+def objects(paths: Iterable[str]) -> list[tuple[str, Mapping]]:
+    """(file, object) pairs from the manifests under `paths`, `List`s flattened."""
+    return list(_flatten(doc for path in paths for doc in read(path)))
+
+
 def read(path: str) -> list[tuple[str, object]]:
     """(file, document) pairs from a file or, recursively, a folder."""
     if os.path.isdir(path):

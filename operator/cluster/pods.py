@@ -23,15 +23,15 @@ def from_manifest(obj: Mapping, namespace: str, name: str) -> tuple[Pod, tuple[i
     """The pod (with `ips` empty when the manifest gives none) and the IP
     families it asks for."""
     kind = obj.get("kind")
-    template, path = _template(obj, kind)
-    meta = template.get("metadata") or {}
+    pod_template, path = template(obj, kind)
+    meta = pod_template.get("metadata") or {}
     labels = selectors.parse_labels(meta.get("labels"), f"{path}metadata.labels")
     annotations = dict((obj.get("metadata") or {}).get("annotations") or {})
     annotations.update(meta.get("annotations") or {})
     families = addresses.parse_families(
         annotations.get(addresses.FAMILIES_ANNOTATION),
         f"{path}metadata.annotations[{addresses.FAMILIES_ANNOTATION}]")
-    spec = template.get("spec")
+    spec = pod_template.get("spec")
     if not isinstance(spec, Mapping):
         raise InvalidSpec(f"{path}spec", "Required value")
     ips: tuple[str, ...] = ()
@@ -47,7 +47,7 @@ def from_manifest(obj: Mapping, namespace: str, name: str) -> tuple[Pod, tuple[i
     return pod, families
 
 
-def _template(obj: Mapping, kind: str) -> tuple[Mapping, str]:
+def template(obj: Mapping, kind: str) -> tuple[Mapping, str]:
     """The pod template and its field path prefix."""
     if kind == "Pod":
         return obj, ""

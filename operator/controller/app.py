@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import logging
 import threading
 
@@ -109,13 +110,20 @@ class Controller:
             self.metrics_server.server_close()
 
 
-def login() -> kopf.ConnectionInfo:
-    """Credentials as kopf finds them: in-cluster service account, else kubeconfig."""
+def login(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
+    """Credentials as kopf finds them: in-cluster service account, else
+    kubeconfig; only `kubeconfig` when one is named."""
     settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or \
-        kopf.login_with_kubeconfig(settings=settings)
+    if kubeconfig:
+        # kopf's kubeconfig login reads $KUBECONFIG.
+        os.environ["KUBECONFIG"] = kubeconfig
+        info = kopf.login_with_kubeconfig(settings=settings)
+    else:
+        info = kopf.login_with_service_account(settings=settings) or \
+            kopf.login_with_kubeconfig(settings=settings)
     if info is None:
-        raise kopf.LoginError("no service account token and no kubeconfig: cannot reach the API")
+        raise kopf.LoginError(f"cannot read the kubeconfig {kubeconfig}" if kubeconfig else
+                              "no service account token and no kubeconfig: cannot reach the API")
     return info
 
 
@@ -123,7 +131,7 @@ async def run(config: Config, *, credentials=None, stop_flag=None, ready_flag=No
               controllers: list | None = None) -> int:
     """Run the operator until stopped. 0: stopped; 1: the Lease was lost.
     `controllers` (tests) receives the Controller once it exists."""
-    credentials = credentials or login()
+    credentials = credentials or login(config.kubeconfig)
     stop = stop_flag if stop_flag is not None else asyncio.Event()
     lease_client = KubeClient(credentials, timeout=config.request_timeout)
     lease = None

@@ -12,6 +12,8 @@ class Config:
     # What kopf watches: every namespace, or these. Peers outside the watched
     # namespaces are unknown to the model (fail closed: nobody allows them).
     namespaces: tuple[str, ...] = ()
+    # The API server: this kubeconfig only (None: the service account, else $KUBECONFIG).
+    kubeconfig: str | None = None
     # The ProgramSource the agents ask at CNI ADD (the zero-window hand-off).
     source_listen: str = "0.0.0.0:9502"
     # One active operator: a coordination.k8s.io Lease (None: no election).

@@ -30,6 +30,10 @@ from tailor.operator.controller import events
 PENDING, LOADED, FAILED = "Pending", "Loaded", "Failed"
 APPLY, UPDATE_MAPS, REMOVE = "Apply", "UpdateMaps", "Remove"
 REMOVE_ATTEMPTS = 10     # a Remove for an agent that never answers is dropped after this
+# A pod handed out at CNI ADD that its agent does not list yet is still being
+# attached (the ADD fails on its own if not, and the runtime retries it):
+# it is repaired only if still missing after this long.
+HANDOFF_GRACE = 30.0
 
 
 class NotReady(Exception):
@@ -104,6 +108,9 @@ class Engine:
         self._busy = False                                   # the pusher is sending a chunk
         self._sent_at: dict[str, float] = {}                 # ref -> when sent or handed
         self._uids: dict[str, str] = {}                      # ref -> uid last sent (for Remove)
+        # Handed out at CNI ADD, not yet reported Loaded: the agent may not
+        # hold it yet, so a change is sent whole (Apply), never as UpdateMaps.
+        self._handed: set[str] = set()
         self._views: dict[str, View] = {}
         self._dirty: dict[str, View | None] = {}             # ref -> new view (None: gone)
         self.counters: collections.Counter = collections.Counter()
@@ -192,6 +199,7 @@ class Engine:
             self._uids[pod.ref] = uid
             self._pending |= touched
             self.counters["handed"] += 1
+            self._handed.add(pod.ref)
             self._set_view(pod, uid, programs=programs, state=PENDING,
                            message=f"handed to the agent on node {node} at CNI ADD")
             self._wake.notify_all()
@@ -255,7 +263,7 @@ class Engine:
             if pod.node is None:
                 continue                           # not scheduled: nobody to send to
             self._uids[pod.ref] = uid
-            if push.action == desired.MAPS:
+            if push.action == desired.MAPS and pod.ref not in self._handed:
                 maps = desired.changed_maps(self.desired.last_entries(pod.ref), push.entries)
                 works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips, maps))
                 continue
@@ -280,6 +288,7 @@ class Engine:
             self.counters[{APPLY: "applies", UPDATE_MAPS: "map updates", REMOVE: "removes"}[work.rpc]] += 1
             if work.rpc == REMOVE:
                 self._uids.pop(work.pod, None)
+                self._handed.discard(work.pod)
                 return
             view = self._views.get(work.pod)
             if view is None:
@@ -331,6 +340,9 @@ class Engine:
                     continue                       # sent after the List was asked: not in it
                 report = held.get(_key(ref))
                 uid = self._uids.get(ref, "")
+                if report is None and ref in self._handed \
+                        and self.clock() - self._sent_at.get(ref, 0.0) < HANDOFF_GRACE:
+                    continue                       # its CNI ADD is still attaching it
                 if report is None or report.hash != want or (uid and report.uid and report.uid != uid):
                     self.desired.forget(ref)
                     self._pending.add(ref)
@@ -359,6 +371,8 @@ class Engine:
     def _observe(self, ref: str, report: Report) -> None:
         """A view from what the agent says it holds."""
         view = self._views[ref]
+        if report.state == LOADED:
+            self._handed.discard(ref)
         if report.state == FAILED:
             self._update_view(ref, state=FAILED, observed_hash=report.hash or view.observed_hash,
                               message=report.message or "the agent refused the program")

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 import agent_world as world
-from tailor.datapath.agent import core, server, source
+from tailor.datapath.agent import core, server, source, wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as rpc
 from tailor.datapath.agent.backends import base, emulated
@@ -97,6 +97,28 @@ def test_cni_attach_waits_for_apply(agent, programs):
     c.attach_pod(pod_dict("other"), endpoint("other", 2))
     assert 0.15 < time.monotonic() - started < 2
     assert stub.Get(pb.GetRequest(pod=ref("other"))).state == pb.LOADED
+
+
+def test_a_push_that_lands_while_the_program_source_answers_wins(programs):
+    """The operator hands a program out at CNI ADD, then pushes a newer one
+    (a peer came) before the ADD has stored the answer: the newer one is
+    what the pod gets, not the answer the ADD fetched."""
+    older, newer = world.programs(with_policy=False)["server"], programs["server"]
+    assert older.hash != newer.hash
+    c = core.Core("node-a", emulated.EmulatedBackend("node-a"), attach_timeout=2.0)
+
+    def program_for(namespace, name, uid, node, addresses, timeout):
+        c.apply(wire.from_proto(newer))        # sent after the answer, arrives first
+        return wire.from_proto(older)
+
+    c.program_for = program_for
+    c.start()
+    try:
+        c.attach_pod(pod_dict("server"), endpoint("server", 1))
+        assert c.get("app", "server").hash == newer.hash
+        assert c.backend.state("app/server").hash == newer.hash
+    finally:
+        c.stop()
 
 
 def test_cni_attach_times_out_with_a_clear_message(agent):

@@ -142,6 +142,30 @@ def test_same_hash_is_no_reload_and_new_hash_swaps_without_loss(lab, roots, rece
     b.stop()
 
 
+def test_same_hash_with_other_peers_updates_the_maps_without_a_reload(lab, roots, received):
+    """An Apply of the program a pod runs, with other map contents (the
+    operator sends a handed-out pod whole when peers changed during its CNI
+    ADD): no reload, but the maps take the new contents; the counters stay."""
+    v1, _ = received
+    b = backend(lab, roots)
+    attach_all(b, lab, v1)
+    assert lab.probe("client", "server", "TCP", 80)
+    before = b.link_ids("app/server")
+    allowed = b.counters("app/server").ingress[layout.STAT_ALLOWED]
+    assert allowed >= 1
+    no_peers = dataclasses.replace(v1["server"], entries={
+        d: {name: {} for name in tables} for d, tables in v1["server"].entries.items()})
+    state, changed = b.attach(lab.endpoint("server"), no_peers)
+    assert not changed and state.hash == v1["server"].hash and b.link_ids("app/server") == before
+    assert not lab.probe("client", "server", "TCP", 80)         # the client is no peer now
+    assert b.counters("app/server").ingress[layout.STAT_ALLOWED] == allowed
+    state, changed = b.attach(lab.endpoint("server"), v1["server"])
+    assert not changed and lab.probe("client", "server", "TCP", 80)
+    for name in world.ADDRESSES:
+        b.detach(f"app/{name}")
+    b.stop()
+
+
 def test_rejected_program_leaves_the_old_one_in_force(lab, roots, received):
     b = backend(lab, roots)
     attach_all(b, lab, received[0])

@@ -36,7 +36,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/tailor"
 sys.path.insert(0, str(ROOT / "tests/operator"))   # the kmock emulator and kubectl runner
-import kube_resources  # noqa: E402
+from tailor.datapath.lab import kube_resources  # noqa: E402
 import kubectl_harness  # noqa: E402
 
 try:

@@ -56,7 +56,7 @@ def test_up_refuses_a_second_lab_of_the_same_name_and_unknown_labs(lab_root):
 
 
 def test_state_file_records_what_down_undoes(lab_root):
-    data = lab.up([TOPOLOGY], nodes=2, backend="emulated", name="st", echo=lambda _: None)
+    lab.up([TOPOLOGY], nodes=2, backend="emulated", name="st", echo=lambda _: None)
     try:
         saved = state_.load("st")
         assert saved["ready"] and saved["step"] == "sync"
@@ -65,3 +65,56 @@ def test_state_file_records_what_down_undoes(lab_root):
         assert saved["manifests"] == [os.path.abspath(TOPOLOGY)]
     finally:
         lab.down("st", echo=lambda _: None)
+
+
+WORKLOAD = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: y, annotations: {tailor.dev/ip-families: IPv4}}
+spec:
+  selector: {matchLabels: {pod: web}}
+  template:
+    metadata: {labels: {pod: web}}
+    spec:
+      containers:
+      - name: web
+        image: registry.k8s.io/e2e-test-images/agnhost:2.53
+        ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]
+"""
+
+
+@pytest.mark.operator
+def test_emulated_lab_with_the_operator_equals_the_model(lab_root, tmp_path):
+    """--control operator without root: the API server and `tailor operator`
+    compile and push; a Deployment runs as its representative pod."""
+    workload = tmp_path / "web.yaml"
+    workload.write_text(WORKLOAD)
+    lines = []
+    data = lab.up([TOPOLOGY, POLICIES, str(workload)], nodes=2, backend="emulated", name="eo",
+                  control="operator", echo=lines.append)
+    try:
+        assert set(data["processes"]) == {"apiserver", "operator", "agent/node1", "agent/node2"}
+        assert any(line.startswith("  every PodProgram Loaded: 10 pods") for line in lines)
+        got = lab.probe("eo")
+        assert got["connections"] == probe.expected(data)
+        assert any(c["dst"] == "y/web[Deployment]" for c in got["connections"])
+        status = lab.status("eo")
+        assert {p["program"]["state"] for p in status["pods"]} == {"LOADED"}
+        assert status["control_plane"] == {"apiserver": "running", "operator": "running"}
+    finally:
+        lab.down("eo", echo=lines.append)
+    assert not any(processes.alive(e) for e in data["processes"].values())
+    assert lab.leftovers(data) == []
+
+
+@pytest.mark.operator
+def test_an_object_the_api_refuses_fails_up_with_its_name_and_leaves_nothing(lab_root, tmp_path):
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(WORKLOAD.replace("name: web, namespace: y", "name: a, namespace: x"))
+    with pytest.raises(lab.LabError) as failed:
+        lab.up([TOPOLOGY, str(clash)], nodes=1, backend="emulated", name="ec", control="operator",
+               echo=lambda _: None)
+    message = str(failed.value)
+    assert "step 'api' failed" in message and "Pod x/a" in message and "409" in message
+    assert "apiserver.log" in message
+    assert not os.path.exists(lab_root / "ec")

@@ -1,8 +1,7 @@
 """A small cluster for the operator's end-to-end tests, all in-process:
 
-  - Kube: kmock serving the Kubernetes API over real HTTP (plus the few
-    things an API server does that kmock 0.8 does not: Namespace paths,
-    uid and creationTimestamp on create), on its own event loop in a
+  - Kube: the lab's API server (tailor.datapath.lab.apiserver: kmock plus
+    what kopf and kubectl need) over real HTTP, on its own event loop in a
     background thread; the tests call it synchronously;
   - Agent: one node agent per node (agent core + emulated backend + the
     gRPC Agent service), asking the operator's ProgramSource at "CNI ADD"
@@ -32,83 +31,27 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 
-import attrs
 import grpc
 import kmock
 import kopf
-from kmock._internal import parsing     # its path parser: see _fix_namespace_paths
-
-import kube_resources
 from tailor.datapath.agent import core as core_
 from tailor.datapath.agent import server as server_
 from tailor.datapath.agent import source as source_
 from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
 from tailor.datapath.agent.backends.emulated import EmulatedBackend
 from tailor.datapath.lab import emulated as lab_emulated
+from tailor.datapath.lab import kube_resources, objects, operated
+from tailor.datapath.lab.apiserver import ApiError, Client, Emulator, declare_all
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
-from tailor.operator.controller import app, config as config_
+from tailor.operator.controller import app
+from tailor.operator.controller import config as config_
 
 TIMEOUT = 30.0
 
 
-# --- kmock: /api/v1/namespaces[/name[/status|finalize]] -----------------------------
-
-def _fix_namespace_paths() -> None:
-    """kmock 0.8 parses /api/v1/namespaces as a namespaced path with no
-    namespace (a 500) and /api/v1/namespaces/x as namespace x with no
-    resource. Namespaces are the one resource named like the path segment
-    for namespaced resources; read those paths as the API server does."""
-    if getattr(parsing.parse_path, "tailor_fixed", False):
-        return
-    original = parsing.parse_path
-
-    def parse_path(path: str):
-        parts = path.strip("/").split("/")
-        if parts[:3] == ["api", "v1", "namespaces"] and (
-                len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))):
-            return parsing.ParsedPath("", "v1", "namespaces", None,
-                                      parts[3] if len(parts) > 3 else None,
-                                      parts[4] if len(parts) > 4 else None)
-        return original(path)
-
-    parse_path.tailor_fixed = True
-    parsing.parse_path = parse_path
-
-
-_fix_namespace_paths()
-
-@attrs.define(kw_only=True)
-class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator, stamping on create what the API server stamps."""
-
-    def declare(self, resource: kube_resources.CustomResource) -> None:
-        kube_resources.declare(self, resource)
-
-    async def _handle(self, request):
-        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if request.namespace and not meta.get("namespace"):
-                meta["namespace"] = request.namespace
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            meta.setdefault("generation", 1)
-            meta.setdefault("resourceVersion", "1")
-        return await super()._handle(request)
-
-
-PATHS = {
-    "Namespace": "/api/v1/namespaces",
-    "Node": "/api/v1/nodes",
-    "Pod": "/api/v1/namespaces/{ns}/pods",
-    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
-    "AdminNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
-    "BaselineAdminNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
-    "PodProgram": "/apis/tailor.dev/v1alpha1/namespaces/{ns}/podprograms",
-    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
-}
+PATHS = {**objects.PATHS, "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"}
 
 
 def url(kind: str, namespace: str | None = None, name: str | None = None) -> str:
@@ -163,10 +106,7 @@ class Kube:
         self.open = asyncio.Event()
         self.open.set()
         async with Emulator() as k, kmock.Server(k, port=self.port) as srv:
-            k.resources.load_bundled()
-            k.declare(kube_resources.podprograms())
-            if self._admin:
-                self.declare_admin_policies(k)
+            declare_all(k, admin_policies=self._admin)
             # While `open` is clear, list and watch requests wait (a dropped
             # API connection); then they fall through to the emulator.
             k[kmock.action.LIST] ** 100 << self._gate
@@ -271,6 +211,7 @@ class RemoteKube:
     def __init__(self, admin_policies: bool = True):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.client = Client(self.url)
         self.process = subprocess.Popen(
             [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
                                    f"import operator_world; operator_world.serve({port}, {admin_policies})"])
@@ -284,14 +225,10 @@ class RemoteKube:
             return False
 
     def _request(self, method: str, path: str, body=None, content_type="application/json"):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": content_type} if data else {})
         try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"{method} {path}: {e.code} {e.read()[:200]!r}") from None
+            return self.client.request(method, path, body, content_type)
+        except ApiError as e:
+            raise AssertionError(str(e)) from None
 
     def create(self, obj: dict) -> dict:
         meta = obj.setdefault("metadata", {})
@@ -589,14 +526,7 @@ class World:
 
     def metrics(self) -> dict[str, float]:
         """The operator's /metrics, {sample name with labels: value}."""
-        port = self.operator.config.metrics_port
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return operated.read_metrics(self.operator.config.metrics_port)
 
     def counts(self) -> dict[str, collections.Counter]:
         out = {"applies": collections.Counter(), "reloads": collections.Counter(),

@@ -33,7 +33,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-import kube_resources
+from tailor.datapath.lab import kube_resources
 import kubectl_harness
 
 pytestmark = [pytest.mark.operator, pytest.mark.asyncio]

@@ -298,6 +298,17 @@ def update_pod_maps(key: str, own: dict[str, dict], maps: dict[str, dict[str, di
     return changed
 
 
+def sync_pod_maps(key: str, own: dict[str, dict], received) -> int:
+    """An Apply of the program a pod already runs (same hash), with other
+    map contents (its peers changed meanwhile): make every own map hold what
+    `received` says, emptied where it says nothing; the stats counters stay.
+    Returns how many entries changed."""
+    maps = {d: {name: received.entries.get(d, {}).get(name, {}) for name in tables
+                if name != layout.STATS.name}
+            for d, tables in own.items()}
+    return update_pod_maps(key, own, maps)
+
+
 def stat_totals(m) -> tuple[int, int, int]:
     """(allowed, dropped, redirected) from a per-CPU stats map, summed over CPUs."""
     out = []

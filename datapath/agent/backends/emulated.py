@@ -72,9 +72,12 @@ class EmulatedBackend(base.Backend):
         key = received.key
         with self._lock:
             old = self._pods.get(key)
-            # Same pod, same program, same interface: nothing to do.
+            # Same pod, same program, same interface: no reload; only the
+            # maps take what this Apply says (peers may have changed).
             if (old is not None and old.received.uid == received.uid
                     and old.received.hash == received.hash and old.endpoint == endpoint):
+                base.sync_pod_maps(key, old.maps, received)
+                old.received = received
                 return old.state(), False
             programs, maps = self._load(received, self.node_maps)
             if old is not None:

@@ -302,9 +302,11 @@ class KernelBackend(base.Backend):
         key = received.key
         with self._lock:
             old = self._pods.get(key)
-            # Same pod, same program, same interface: nothing to do.
+            # Same pod, same program, same interface: no reload; only the
+            # maps take what this Apply says (peers may have changed).
             if (old is not None and old.meta["uid"] == received.uid
                     and old.meta["hash"] == received.hash and old.endpoint == endpoint):
+                base.sync_pod_maps(key, {d: side.maps for d, side in old.sides.items()}, received)
                 return self._pod_state(old), False
             # A re-created pod (new uid) or a re-wired one (new interface): start afresh.
             if old is not None and (old.meta["uid"] != received.uid

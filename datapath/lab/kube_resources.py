@@ -1,15 +1,17 @@
 """The API resources tailor needs, declared in a kmock emulator.
 
-Used by the operator's tests and the kubectl harness (kubectl_harness.py):
+Used by the lab's API server (apiserver.declare_all) and the operator's tests:
 
     async with kmock.KubernetesEmulator() as k, kmock.Server(k) as srv:
         k.resources.load_bundled()      # v1, apps, networking.k8s.io, ...
         kube_resources.declare_tailor(k)
         kube_resources.declare_admin_policies(k)
 
-The PodProgram resource is read from the chart's CRD file, so tests see the
-names, short names, categories, subresources and printer columns a cluster
-would serve after `helm install` — one source, never a second copy.
+The PodProgram resource is read from the chart's CRD file, so the lab and
+the tests see the names, short names, categories, subresources and printer
+columns a cluster would serve after `helm install` — one source, never a
+second copy. The chart ships with a checkout, not with an installed wheel:
+podprograms() says so when it is missing.
 """
 from __future__ import annotations
 
@@ -101,6 +103,9 @@ def custom_resources(crd: dict[str, Any]) -> list[CustomResource]:
 
 def podprograms() -> CustomResource:
     """The PodProgram resource as the chart defines it (its storage version)."""
+    if not PODPROGRAMS_CRD.is_file():
+        raise FileNotFoundError(f"the PodProgram CRD is not at {PODPROGRAMS_CRD}: the API emulator "
+                                f"reads it from the chart, so run tailor from a checkout (pip install -e .)")
     (served,) = custom_resources(read_crd(PODPROGRAMS_CRD))
     return served
 
