@@ -21,6 +21,7 @@ A pod's state, as Get and List report it:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -78,9 +79,11 @@ class Core:
         self.attach_timeout = attach_timeout
         self.metrics = metrics or NullMetrics()
         self._programs: dict[str, object] = {}                  # key -> wire.Received
-        # key -> how many Applies / UpdateMaps it has had: a CNI ADD that
-        # fetched a program while one of those arrived keeps the newer one.
+        # key -> the stamp of its last Apply / UpdateMaps (unique across
+        # pods and Removes): a CNI ADD that fetched a program while one of
+        # those arrived keeps the pushed one.
         self._pushes: dict[str, int] = {}
+        self._stamps = itertools.count(1)
         self._endpoints: dict[str, base.Endpoint] = {}          # key -> endpoint
         self._uids: dict[str, str] = {}                         # key -> uid the CNI named
         self._attachments: dict[tuple[str, str], str] = {}      # (containerID, ifname) -> key
@@ -125,7 +128,7 @@ class Core:
             unchanged = (known is not None and known.uid == received.uid
                          and known.hash == received.hash and key not in self._failures)
             self._programs[key] = received
-            self._pushes[key] = self._pushes.get(key, 0) + 1
+            self._pushes[key] = next(self._stamps)
             self._arrived.notify_all()
             endpoint = self._endpoint_for(key, received.uid)
             if endpoint is None:
@@ -166,7 +169,7 @@ class Core:
             for d, tables in maps.items():
                 entries.setdefault(d, {}).update(tables)
             self._programs[key] = dataclasses.replace(known, entries=entries)
-            self._pushes[key] = self._pushes.get(key, 0) + 1
+            self._pushes[key] = next(self._stamps)
             if self.backend.state(key) is None:
                 changed = sum(len(t) for tables in maps.values() for t in tables.values())
             else:
@@ -260,7 +263,7 @@ class Core:
             self._endpoints[key] = ep
             self._uids[key] = uid
             self._attachments[(ep.container_id, ep.ifname)] = key
-            pushes = self._pushes.get(key, 0)
+            pushes = self._pushes.get(key)
         try:
             received = self._await_program(namespace, name, uid, ep, started + self.attach_timeout)
             with self._lock:
@@ -268,7 +271,7 @@ class Core:
                     raise base.AttachFailed(f"pod {key}: its attachment was removed while "
                                             "its program was being fetched")
                 newer = self._programs.get(key)
-                if self._pushes.get(key, 0) != pushes and newer is not None \
+                if self._pushes.get(key) != pushes and newer is not None \
                         and (not uid or not newer.uid or newer.uid == uid):
                     # An Apply or UpdateMaps came while the program source
                     # answered: it was sent after the answer, so it is newer.

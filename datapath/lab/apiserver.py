@@ -28,7 +28,8 @@ kmock 0.8 speaks enough Kubernetes for kopf, not for kubectl. Emulator adds
 - a CustomResourceDefinition created through the API is served at once and
   marked Established (Helm's crds/ step relies on it);
 - a bounded request log (`history`): kmock matched each request against
-  every request served so far, so a long-running server slowed down;
+  every request served so far, so a long-running server slowed down (the
+  objects' version histories still grow: a lab's server, not a cluster's);
 - on create, the metadata the API server sets: namespace from the URL, uid,
   creationTimestamp, generation and — if absent — resourceVersion "1" (what
   kopf needs for its finalizer patches).
@@ -42,6 +43,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import re
 import signal
 import sys
@@ -93,9 +95,11 @@ class Emulator(kmock.KubernetesEmulator):
     columns: dict[kmock.resource, tuple[kube_resources.PrinterColumn, ...]] = attrs.field(factory=dict)
     # kmock keeps every request it served and matches each new one against
     # that whole log (its reactions are filters over it): a request then costs
-    # O(requests so far), ~1 ms more per 1,000. An API server that runs for
-    # hours keeps only the newest `history` requests.
+    # O(requests so far), ~0.14 ms more per request served. This keeps the
+    # newest `history` requests, plus those still being answered (a reaction
+    # is matched by finding its request in the log, maybe after an await).
     history: int | None = 16
+    _inflight: dict[int, kmock.Request] = attrs.field(factory=dict, init=False)
 
     def declare(self, resource: kube_resources.CustomResource) -> None:
         """Declare a custom resource and remember its printer columns."""
@@ -103,8 +107,8 @@ class Emulator(kmock.KubernetesEmulator):
         self.columns[kmock.resource(resource.key)] = resource.printer_columns
 
     async def __call__(self, raw_request):
-        if self.history is not None and len(self._requests) > self.history:
-            del self._requests[:len(self._requests) - self.history]
+        if self.history is not None:
+            self._trim(self.history)
         # kmock's path parser takes /api/v1/namespaces[/NAME] for "namespace
         # NAME, no resource" (and fails on the bare list): Namespaces could not
         # be listed, watched, created or fetched over HTTP. Parse them as the
@@ -127,10 +131,28 @@ class Emulator(kmock.KubernetesEmulator):
             self._stamp(request)
             if request.resource == CRDS:
                 self._establish(request.data)
+        self._inflight[id(request)] = request
         try:
             return await super()._handle(request)
         except kmock.KubernetesObjectNotFoundError:
             raise not_found(request) from None
+        finally:
+            self._inflight.pop(id(request), None)
+
+    def _trim(self, keep: int) -> None:
+        """Forget all but the newest `keep` requests and those in flight — in
+        the log, in each reaction's own log, and the answered errors kmock
+        would re-raise at exit (404s and 409s are answers, not failures here).
+        Objects keep their history of versions (kmock's ObjectHistory)."""
+        if len(self._requests) > keep:
+            old = self._requests[:-keep]
+            self._requests[:] = [r for r in old if id(r) in self._inflight] + self._requests[-keep:]
+        for payload in self._payloads:
+            served = getattr(payload, "_requests", None)
+            if isinstance(served, list) and len(served) > keep:
+                del served[:-keep]
+        if self._errors and len(self._errors[-1]) > keep:
+            del self._errors[-1][:-keep]
 
     def _replace(self, old: kmock.Request, new: kmock.Request) -> kmock.Request:
         """Put `new` where `old` was in the request log (kmock matches reactions
@@ -248,12 +270,14 @@ async def serve(host: str, port: int, kubeconfig_path: str | None, ready=None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Emulator() as emulator, kmock.Server(emulator, host=host, port=port) as server:
+    async with Emulator() as emulator, kmock.Server(emulator, host=host, port=port or None) as server:
         declare_all(emulator)
         url = str(server.url).rstrip("/")
         if kubeconfig_path:
-            with open(kubeconfig_path, "w", encoding="utf-8") as f:
+            # Written whole, then renamed: a reader never sees half of it.
+            with open(kubeconfig_path + ".tmp", "w", encoding="utf-8") as f:
                 yaml.safe_dump(kubeconfig(url), f)
+            os.replace(kubeconfig_path + ".tmp", kubeconfig_path)
         print(f"serving the Kubernetes API (kmock) on {url}", flush=True)
         await stop.wait()
 
@@ -262,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tailor.datapath.lab.apiserver",
                                      description="an in-memory Kubernetes API server (kmock) for a lab")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="default: any free port (the kubeconfig says which)")
     parser.add_argument("--kubeconfig", metavar="FILE", help="write a kubeconfig for it here")
     args = parser.parse_args(argv)
     asyncio.run(serve(args.host, args.port, args.kubeconfig))

@@ -439,7 +439,9 @@ def down(name: str, echo: Echo = print) -> list[str]:
             removed.append(f"{len(wired)} pod attachments (CNI DEL)")
     # 2. Processes: agents, then the control plane; then anything still running
     #    inside the lab's namespaces (probe servers, test clients).
-    for key in sorted(data.get("processes", {}), key=lambda k: not k.startswith("agent/")):
+    # Reverse start order: the operator flushes its PodPrograms to a live API.
+    order = {"operator": 1, "controller": 1, "apiserver": 2}
+    for key in sorted(data.get("processes", {}), key=lambda k: order.get(k, 0)):
         if processes.stop(data, key):
             removed.append(f"process {key} (pid {data['processes'][key]['pid']})")
     if kernel:

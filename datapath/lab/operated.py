@@ -26,6 +26,7 @@ import time
 import urllib.request
 
 from tailor.datapath.lab import apiserver, objects, processes
+from tailor.datapath.lab import state as state_
 
 SYNC_SECONDS = 60.0
 STABLE_ROUNDS = 3        # consecutive settled polls before sync returns
@@ -37,10 +38,10 @@ class SyncError(Exception):
 
 
 def plan(data: dict) -> None:
-    """Choose the API server's and the metrics' ports (in the root namespace)."""
-    data["api"] = {"port": _free_port(), "metrics_port": _free_port(),
+    """Where the API server writes its kubeconfig (it picks its own port and
+    says it there) and the operator's metrics port (in the root namespace)."""
+    data["api"] = {"port": 0, "metrics_port": _free_port(), "url": None,
                    "kubeconfig": os.path.join(data["run_dir"], "kubeconfig")}
-    data["api"]["url"] = f"http://127.0.0.1:{data['api']['port']}"
 
 
 def client(data: dict) -> apiserver.Client:
@@ -49,6 +50,8 @@ def client(data: dict) -> apiserver.Client:
 
 def start_api(data: dict, echo) -> None:
     processes.start(data, "apiserver", processes.apiserver_argv(data))
+    data["api"]["url"] = _served_url(data, "apiserver", data["api"]["kubeconfig"])
+    state_.save(data)
     _wait_http(data, "apiserver", data["api"]["url"] + "/version")
     api = client(data)
     made = 0
@@ -116,12 +119,21 @@ def unsettled(data: dict, held: dict[str, str]) -> list[str]:
     for gauge in ("pending", "retrying"):
         if m.get(f"tailor_operator_{gauge}", 0):
             why.append(f"operator: {int(m[f'tailor_operator_{gauge}'])} {gauge}")
+    if not m.get("tailor_operator_idle", 0) and not why:
+        why.append("operator: pushing")
     return why
 
 
-def sync(data: dict, held, timeout: float = SYNC_SECONDS) -> dict:
+def events(data: dict) -> int:
+    """How many watch events the operator has handled so far."""
+    return int(metrics(data).get("tailor_operator_events_total", 0))
+
+
+def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | None = None) -> dict:
     """Until `unsettled` is empty STABLE_ROUNDS polls in a row (`held()`
-    reads the agents); returns the operator's counters."""
+    reads the agents) — and, with `events_after` (an `events()` count taken
+    before a change through the API), once the operator has handled an event
+    since. Returns the operator's counters."""
     deadline = time.monotonic() + timeout
     stable, why = 0, ["not polled"]
     while time.monotonic() < deadline:
@@ -129,6 +141,10 @@ def sync(data: dict, held, timeout: float = SYNC_SECONDS) -> dict:
             entry = data["processes"].get("operator")
             raise SyncError(f"the operator exited; its log ({entry['log']}) ends:\n"
                             f"{processes.log_tail(entry)}")
+        if events_after is not None and events(data) <= events_after:
+            why, stable = ["the operator has not seen the change yet"], 0
+            time.sleep(POLL_SECONDS)
+            continue
         why = unsettled(data, held())
         stable = 0 if why else stable + 1
         if stable >= STABLE_ROUNDS:
@@ -140,20 +156,29 @@ def sync(data: dict, held, timeout: float = SYNC_SECONDS) -> dict:
                     + (f" (+{len(why) - 10} more)" if len(why) > 10 else ""))
 
 
-def _wait_http(data: dict, key: str, url: str, timeout: float = processes.READY_SECONDS) -> None:
-    entry = data["processes"][key]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not processes.alive(entry):
-            raise processes.ProcessError(f"{key} exited; its log ({entry['log']}) ends:\n"
-                                         f"{processes.log_tail(entry)}")
+def _served_url(data: dict, key: str, kubeconfig: str) -> str:
+    """The server URL from the kubeconfig the API server writes once it listens."""
+    import yaml
+
+    def read():
+        try:
+            with open(kubeconfig, encoding="utf-8") as f:
+                return yaml.safe_load(f)["clusters"][0]["cluster"]["server"]
+        except (OSError, TypeError, KeyError, IndexError, yaml.YAMLError):
+            return None        # not written yet
+
+    return processes.wait_until(data, key, read, f"wrote no kubeconfig at {kubeconfig}")
+
+
+def _wait_http(data: dict, key: str, url: str) -> None:
+    def get():
         try:
             urllib.request.urlopen(url, timeout=1).read()
-            return
+            return True
         except OSError:
-            time.sleep(0.1)
-    raise processes.ProcessError(f"{key} did not answer {url} after {timeout:g}s; "
-                                 f"its log ({entry['log']}) ends:\n{processes.log_tail(entry)}")
+            return None
+
+    processes.wait_until(data, key, get, f"did not answer {url}", interval=0.1)
 
 
 def _free_port() -> int:

@@ -157,7 +157,6 @@ def log_tail(entry: dict | None, lines: int = 15) -> str:
 def wait_agent(data: dict, node: dict, timeout: float = READY_SECONDS) -> None:
     """Until the node's agent answers Health with ready=true."""
     import grpc
-
     from tailor.datapath.agent.api import agent_pb2 as pb
     from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
 
@@ -183,23 +182,35 @@ def wait_agent(data: dict, node: dict, timeout: float = READY_SECONDS) -> None:
                        f"its log ({entry['log']}) ends:\n{log_tail(entry)}")
 
 
-def wait_socket(data: dict, key: str, path: str, timeout: float = READY_SECONDS) -> None:
-    """Until a unix socket accepts connections (the controller)."""
-    import socket
-
+def wait_until(data: dict, key: str, attempt, what: str, timeout: float = READY_SECONDS,
+               interval: float = 0.05):
+    """Call `attempt()` until it returns something other than None, while
+    the process `key` runs; `what` says what was awaited, for the error."""
     entry = data["processes"][key]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive(entry):
             raise ProcessError(f"{key} exited; its log ({entry['log']}) ends:\n{log_tail(entry)}")
+        found = attempt()
+        if found is not None:
+            return found
+        time.sleep(interval)
+    raise ProcessError(f"{key} {what} after {timeout:g}s; its log ({entry['log']}) ends:\n{log_tail(entry)}")
+
+
+def wait_socket(data: dict, key: str, path: str, timeout: float = READY_SECONDS) -> None:
+    """Until a unix socket accepts connections (the controller, the operator)."""
+    import socket
+
+    def connect():
         with socket.socket(socket.AF_UNIX) as s:
             try:
                 s.connect(path)
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
-    raise ProcessError(f"{key} did not listen on {path} after {timeout:g}s; "
-                       f"its log ({entry['log']}) ends:\n{log_tail(entry)}")
+                return None
+
+    wait_until(data, key, connect, f"did not listen on {path}", timeout)
 
 
 # Popen objects of the processes this Python process started, so that

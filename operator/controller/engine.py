@@ -76,6 +76,7 @@ class Work:
     uid: str
     addresses: tuple[str, ...] = ()
     maps: dict | None = None              # UpdateMaps: {direction: {map: entries}}
+    planned_at: float = 0.0               # engine clock when planned
 
     @property
     def node(self) -> str | None:
@@ -111,6 +112,7 @@ class Engine:
         # Handed out at CNI ADD, not yet reported Loaded: the agent may not
         # hold it yet, so a change is sent whole (Apply), never as UpdateMaps.
         self._handed: set[str] = set()
+        self._handed_at: dict[str, float] = {}               # ref -> when last handed out
         self._views: dict[str, View] = {}
         self._dirty: dict[str, View | None] = {}             # ref -> new view (None: gone)
         self.counters: collections.Counter = collections.Counter()
@@ -200,6 +202,7 @@ class Engine:
             self._pending |= touched
             self.counters["handed"] += 1
             self._handed.add(pod.ref)
+            self._handed_at[pod.ref] = self.clock()
             self._set_view(pod, uid, programs=programs, state=PENDING,
                            message=f"handed to the agent on node {node} at CNI ADD")
             self._wake.notify_all()
@@ -246,11 +249,12 @@ class Engine:
     def _plan(self, refs: list[str]) -> list[Work]:
         state = self.world.state
         works = []
+        now = self.clock()
         for push in self.desired.plan(state, refs):
             self.counters["planned"] += 1
             if push.action == desired.REMOVE:
                 namespace, name = _key(push.pod).split("/", 1)
-                works.append(Work(REMOVE, push, namespace, name, self._uids.get(push.pod, "")))
+                works.append(Work(REMOVE, push, namespace, name, self._uids.get(push.pod, ""), planned_at=now))
                 continue
             pod = state.find_pod(push.pod)
             uid = self.world.uids.get(pod.ref, "")
@@ -265,7 +269,8 @@ class Engine:
             self._uids[pod.ref] = uid
             if push.action == desired.MAPS and pod.ref not in self._handed:
                 maps = desired.changed_maps(self.desired.last_entries(pod.ref), push.entries)
-                works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips, maps))
+                works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips, maps,
+                                  planned_at=now))
                 continue
             report = self._reports.get(pod.node, {}).get(_key(pod.ref))
             if report is not None and report.hash == push.programs.hash and report.uid in ("", uid) \
@@ -274,21 +279,28 @@ class Engine:
                 # a lost answer): no reload; only make sure its maps are current.
                 self.counters["adopted"] += 1
                 works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips,
-                                  desired.changed_maps({}, push.entries)))
+                                  desired.changed_maps({}, push.entries), planned_at=now))
                 continue
-            works.append(Work(APPLY, push, pod.namespace, pod.name, uid, pod.ips))
+            works.append(Work(APPLY, push, pod.namespace, pod.name, uid, pod.ips, planned_at=now))
         return works
 
     def done(self, work: Work, status: Report | None = None) -> None:
         """The agent has `work` (status: what Apply answered)."""
         with self._lock:
+            if work.rpc != REMOVE and self._handed_at.get(work.pod, -1.0) > work.planned_at:
+                # Handed out at a CNI ADD after this was planned: the agent
+                # holds one of the two, not surely the newer. Send it whole again.
+                self.desired.forget(work.pod)
+                self._pending.add(work.pod)
+                self._wake.notify_all()
+                return
             self.desired.sent(work.push)
             self._retry.pop(work.pod, None)
             self._sent_at[work.pod] = self.clock()
             self.counters[{APPLY: "applies", UPDATE_MAPS: "map updates", REMOVE: "removes"}[work.rpc]] += 1
             if work.rpc == REMOVE:
                 self._uids.pop(work.pod, None)
-                self._handed.discard(work.pod)
+                self._forget_handed(work.pod)
                 return
             view = self._views.get(work.pod)
             if view is None:
@@ -315,6 +327,7 @@ class Engine:
             if work.rpc == REMOVE and failures + 1 >= REMOVE_ATTEMPTS:
                 self.desired.forget(work.pod)      # the CNI DEL cleans up on the node
                 self._retry.pop(work.pod, None)
+                self._forget_handed(work.pod)
                 return
             delay = min(self.retry_first * 2 ** failures, self.retry_max)
             self._retry[work.pod] = (failures + 1, self.clock() + delay)
@@ -431,7 +444,12 @@ class Engine:
                     if r in self._views and r not in self.world.uids]:
             self._views.pop(ref)
             self._dirty[ref] = None
+            self._forget_handed(ref)
             self.on_views()
+
+    def _forget_handed(self, ref: str) -> None:
+        self._handed.discard(ref)
+        self._handed_at.pop(ref, None)
 
     def take_views(self) -> list[tuple[str, View | None]]:
         """The views that changed since the last call (None: the pod is gone)."""
@@ -487,6 +505,8 @@ class Engine:
         with self._lock:
             return {"synced": self.synced, "pods": len(self.world.state.pods),
                     "pending": len(self._pending), "retrying": len(self._retry),
+                    "idle": int(self.synced and not self._pending and not self._retry and not self._busy
+                                and not self._reports_wanted),
                     "agents": sorted(self.world.agent_nodes()), **dict(self.counters)}
 
     def stop(self) -> None:

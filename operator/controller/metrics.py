@@ -37,7 +37,8 @@ class _Collector:
             family.add_metric([], summary.get(key, 0))
             yield family
         for key, help_ in (("pods", "pods in the model"), ("pending", "pods waiting for a push"),
-                           ("retrying", "pods waiting for a push retry")):
+                           ("retrying", "pods waiting for a push retry"),
+                           ("idle", "1 when nothing is pending, retrying or being pushed")):
             family = GaugeMetricFamily(f"tailor_operator_{key}", help_)
             family.add_metric([], summary.get(key, 0))
             yield family

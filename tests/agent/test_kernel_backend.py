@@ -245,6 +245,27 @@ def test_restart_adopts_pinned_state(lab, roots, received):
     b2.stop()
 
 
+def test_adoption_reads_peers_from_the_pinned_maps_not_the_last_apply(lab, roots, received):
+    """UpdateMaps after an Apply changes only the pinned maps: after a
+    restart the adopted program carries what the maps hold, so a later
+    same-hash Apply or a re-ADD does not roll the peers back."""
+    v1, _ = received
+    b = backend(lab, roots)
+    attach_all(b, lab, v1)
+    assert v1["server"].entries["ingress"]["peers4"]
+    b.update_maps("app/server", {"ingress": {"peers4": {}}})
+    crash(b)
+    del b
+    b2 = kb.KernelBackend("test", bpffs_root=roots[0], state_dir=roots[1], netns=lab.node)
+    adopted = {a.state.name: a.received for a in b2.start()}
+    assert adopted["server"].entries["ingress"]["peers4"] == {}
+    assert adopted["client"].entries == v1["client"].entries     # untouched pods: as applied
+    assert not lab.probe("client", "server", "TCP", 80)
+    for name in world.ADDRESSES:
+        assert b2.detach(f"app/{name}")
+    b2.stop()
+
+
 class _Crash(BaseException):
     pass
 

@@ -109,9 +109,10 @@ def test_a_policy_edit_through_the_api_reloads_exactly_its_subjects(current, tmp
     edited[0]["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 81}]
     path = tmp_path / "policies.yaml"
     path.write_text(yaml.safe_dump_all(edited))
+    seen = operated.events(data)
     operated.client(data).patch(objects.path("NetworkPolicy", "x", "a-from-y"),
                                 {"spec": edited[0]["spec"]})
-    operated.sync(data, lambda: lab.held(data))
+    operated.sync(data, lambda: lab.held(data), events_after=seen)
     after = lab.held(data)
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"x/a"}
@@ -129,8 +130,10 @@ def test_a_label_change_through_the_api_moves_a_pod_out_of_a_policy(current, tmp
     data = state_.load(NAME)
     before = lab.held(data)
     assert {"src": "z/c[Pod]", "dst": "x/b[Pod]", "protocol": "UDP", "ports": "81"} in probe.run(data)["connections"]
+    seen, sent = operated.events(data), operated.metrics(data)["tailor_operator_map_updates_total"]
     operated.client(data).patch(objects.path("Pod", "x", "b"), {"metadata": {"labels": {"pod": "b2"}}})
-    operated.sync(data, lambda: lab.held(data))
+    operated.sync(data, lambda: lab.held(data), events_after=seen)
+    assert operated.metrics(data)["tailor_operator_map_updates_total"] > sent   # z/c's peers
     after = lab.held(data)
     # Peers live in maps: a selector's member leaving updates z/c's maps, not its program.
     assert after == before

@@ -175,6 +175,49 @@ def test_the_engine_repairs_drift_and_removes_orphans():
     assert (again.rpc, again.pod) == (engine_.APPLY, "x/a[Pod]")
 
 
+def _handed_pair():
+    """Pods a (selected by a policy admitting app=client) and client; both
+    handed out at their CNI ADD, neither reported by its agent yet."""
+    engine = engine_.Engine()
+    engine.load([(events.NETWORK_POLICY, POLICY),
+                 (events.POD, pod("a", labels={"app": "web"})),
+                 (events.POD, pod("c", labels={"app": "client"}))])
+    assert engine.take(10, timeout=0) is None
+    engine.reports_taken()
+    engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    return engine
+
+
+def test_a_handed_out_pod_is_sent_whole_and_not_repaired_while_its_add_runs():
+    engine = _handed_pair()
+    # The agent's List does not show a yet (its CNI ADD is still attaching).
+    engine.reported("n1", [], asked_at=engine.clock())
+    assert engine.counters["repairs"] == 0
+    # A peer arrives: a's peer maps change. The agent may not hold a yet, so
+    # a gets the whole program (Apply), not an UpdateMaps it would refuse.
+    engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])
+    works = engine.take(10, timeout=0)
+    assert [(w.rpc, w.pod) for w in works] == [(engine_.APPLY, "x/a[Pod]")]
+    engine.done(works[0], engine_.Report("uid-a", works[0].push.programs.hash, engine_.LOADED))
+    # Reported Loaded: from now on peers travel as map updates.
+    engine.event(events.POD, pod("c", labels={"app": "client"}), pod("c", labels={"app": "other"}))
+    works = engine.take(10, timeout=0)
+    assert [(w.rpc, w.pod) for w in works] == [(engine_.UPDATE_MAPS, "x/a[Pod]")]
+
+
+def test_a_push_planned_before_a_hand_off_is_sent_again_after_it():
+    engine = _handed_pair()
+    engine.reported("n1", [("x/a", engine_.Report("uid-a", "old", engine_.LOADED))], engine.clock())
+    engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])
+    (planned,) = engine.take(10, timeout=0)
+    # a is ADDed again (a new sandbox) while that push is on its way.
+    engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    engine.done(planned, engine_.Report("uid-a", planned.push.programs.hash, engine_.LOADED))
+    assert engine.counters["applies"] + engine.counters["map updates"] == 0   # not taken as current
+    (again,) = engine.take(10, timeout=0)
+    assert (again.rpc, again.pod) == (engine_.APPLY, "x/a[Pod]")
+
+
 def test_known_objects_are_those_events_brought():
     # The resync deletes what a fresh listing lacks, out of these: a
     # namespace a pod merely names is not among them.

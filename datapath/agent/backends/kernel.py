@@ -56,6 +56,7 @@ from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.backends import base
 from tailor.datapath.ebpf import attach as attach_
 from tailor.datapath.ebpf import errors, isa, kernel
+from tailor.datapath.ebpf.maps import MapType
 from tailor.operator.compiler import layout
 
 DEFAULT_BPFFS_ROOT = "/sys/fs/bpf/tailor"
@@ -80,6 +81,17 @@ class _Side:
         for obj in (self.prog, self.link, *self.maps.values()):
             if obj is not None:
                 obj.close()
+
+
+def _live_entries(sides: dict[str, _Side], received) -> dict[str, dict[str, dict[bytes, bytes]]]:
+    """The pod's own hash/LPM maps as they are in the kernel (stats and array
+    maps, which hold every index, keep what `received` says)."""
+    out = {d: dict(tables) for d, tables in received.entries.items()}
+    for d, side in sides.items():
+        for name, m in side.maps.items():
+            if name != layout.STATS.name and m.spec.type not in (MapType.ARRAY, MapType.PERCPU_ARRAY):
+                out.setdefault(d, {})[name] = dict(m.items())
+    return out
 
 
 @dataclasses.dataclass
@@ -210,7 +222,12 @@ class KernelBackend(base.Backend):
                 side.close()
             self._remove_pod_files(dirname, endpoint)
             return None
-        return _Pod(dirname, endpoint, meta, self._read_program(dirname, "program.pb"), sides)
+        received = self._read_program(dirname, "program.pb")
+        if received is not None:
+            # program.pb has the entries of the last Apply; UpdateMaps since
+            # then changed only the pinned maps, which are the truth.
+            received = dataclasses.replace(received, entries=_live_entries(sides, received))
+        return _Pod(dirname, endpoint, meta, received, sides)
 
     def _open_side(self, path: str, with_link: bool) -> _Side:
         side = _Side(None, None, {})
