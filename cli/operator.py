@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on this port")
     p.add_argument("--reconcile-seconds", type=float, default=30.0, metavar="S",
                    help="ask every agent what it holds and repair drift this often (default %(default)s)")
+    p.add_argument("--push-coalesce", type=float, default=0.0, metavar="S",
+                   help="once a change arrives, wait this long before compiling and pushing, so a "
+                        "burst (many pods starting) is one push per affected pod (default %(default)s)")
     p.add_argument("--watch-timeout", type=int, default=300, metavar="S",
                    help="server-side watch timeout; the stream is then reopened (default %(default)s)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -75,7 +78,7 @@ def _run(args) -> int:
         lease_name=None if args.no_lease else args.lease, lease_namespace=args.lease_namespace,
         identity=os.environ.get("POD_ID") or os.environ.get("POD_NAME") or None,
         peering=args.peering, liveness=args.liveness, metrics_port=args.metrics_port,
-        reconcile_seconds=args.reconcile_seconds,
+        reconcile_seconds=args.reconcile_seconds, push_coalesce=args.push_coalesce,
         watch_server_timeout=args.watch_timeout, watch_client_timeout=args.watch_timeout + 30.0)
     try:
         return asyncio.run(app.run(settings))

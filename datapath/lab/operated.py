@@ -115,7 +115,10 @@ def unsettled(data: dict, held: dict[str, str]) -> list[str]:
             why.append(f"{key}: {status.get('state')} {status.get('message', '')}".rstrip())
         elif held.get(key) != status.get("hash"):
             why.append(f"{key}: agent holds {held.get(key)}, PodProgram says {status.get('hash')}")
-    m = metrics(data)
+    try:
+        m = metrics(data)
+    except OSError as e:            # (re)starting: its metrics are not served yet
+        return why + [f"operator: metrics not answering ({e})"]
     for gauge in ("pending", "retrying"):
         if m.get(f"tailor_operator_{gauge}", 0):
             why.append(f"operator: {int(m[f'tailor_operator_{gauge}'])} {gauge}")
@@ -127,6 +130,13 @@ def unsettled(data: dict, held: dict[str, str]) -> list[str]:
 def events(data: dict) -> int:
     """How many watch events the operator has handled so far."""
     return int(metrics(data).get("tailor_operator_events_total", 0))
+
+
+def _handled(data: dict) -> int:
+    try:
+        return events(data)
+    except OSError:
+        return -1                   # not answering yet: nothing handled
 
 
 def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | None = None) -> dict:
@@ -141,7 +151,7 @@ def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | No
             entry = data["processes"].get("operator")
             raise SyncError(f"the operator exited; its log ({entry['log']}) ends:\n"
                             f"{processes.log_tail(entry)}")
-        if events_after is not None and events(data) <= events_after:
+        if events_after is not None and _handled(data) <= events_after:
             why, stable = ["the operator has not seen the change yet"], 0
             time.sleep(POLL_SECONDS)
             continue

@@ -42,7 +42,8 @@ class Controller:
     def __init__(self, config: Config, credentials):
         self.config = config
         self.credentials = credentials
-        self.engine = engine_.Engine(retry_first=config.retry_first, retry_max=config.retry_max)
+        self.engine = engine_.Engine(retry_first=config.retry_first, retry_max=config.retry_max,
+                                     coalesce=config.push_coalesce)
         self.agents = Agents(self.engine.agent_address)
         self.reconciler = Reconciler(self.engine, self.agents, interval=config.reconcile_seconds,
                                      timeout=config.push_timeout)

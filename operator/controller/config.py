@@ -37,6 +37,7 @@ class Config:
     # Pushing and repairing.
     push_timeout: float = 10.0           # one Apply/UpdateMaps/Remove RPC
     push_chunk: int = 32                 # pods planned (compiled) per lock hold
+    push_coalesce: float = 0.0           # wait after work appears, to plan a burst at once
     retry_first: float = 0.2             # backoff after a failed push, doubling...
     retry_max: float = 10.0              # ...up to this
     reconcile_seconds: float = 30.0      # List every agent and repair drift this often

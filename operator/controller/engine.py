@@ -93,8 +93,11 @@ def _key(ref: str) -> str:
 
 
 class Engine:
-    def __init__(self, *, retry_first: float = 0.2, retry_max: float = 10.0,
+    def __init__(self, *, retry_first: float = 0.2, retry_max: float = 10.0, coalesce: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
+        # Once work appears, wait this long before planning it, so a burst of
+        # changes (pods starting together) becomes one push per affected pod.
+        self.coalesce = coalesce
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self.world = events.World()
@@ -232,6 +235,9 @@ class Engine:
                 if deadline is not None:
                     waits.append(deadline - now)
                 self._wake.wait(max(0.0, min(waits)) if waits else None)
+            until = self.clock() + self.coalesce
+            while self.coalesce and not self.stopped and self.clock() < until:
+                self._wake.wait(until - self.clock())
             for ref in due:
                 self._retry.pop(ref, None)
             self._pending |= set(due)

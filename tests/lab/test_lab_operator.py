@@ -17,9 +17,12 @@ import os
 import shutil
 import subprocess
 
+import grpc
 import pytest
 import yaml
-from tailor.datapath.lab import lab, objects, operated, probe
+from tailor.datapath.agent.api import agent_pb2 as pb
+from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
+from tailor.datapath.lab import lab, objects, operated, probe, processes
 from tailor.datapath.lab import state as state_
 from tailor.operator.compiler import build
 
@@ -151,6 +154,32 @@ def test_a_label_change_through_the_api_moves_a_pod_out_of_a_policy(current, tmp
     connections = _probe_equals_model(data, manifests)
     assert not [c for c in connections if c["src"] == "z/c[Pod]" and c["dst"] == "x/b[Pod]"
                 and c["protocol"] == "UDP"]
+
+
+def _program_ids(data: dict) -> dict[str, tuple[int, int]]:
+    """{"ns/name": (ingress program id, egress program id)} as the agents report them."""
+    out = {}
+    for node in data["nodes"]:
+        with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
+            stub = pb_grpc.AgentStub(channel)
+            for pod in (p for p in data["pods"] if p["node"] == node["name"]):
+                got = stub.Get(pb.GetRequest(pod=pb.PodRef(namespace=pod["namespace"], name=pod["name"])),
+                               timeout=5)
+                out[_pod_key(pod)] = (got.ingress.program_id, got.egress.program_id)
+    return out
+
+
+def test_an_operator_restart_reloads_no_kernel_program(current):
+    data = state_.load(NAME)
+    before = _program_ids(data)
+    assert all(i and e for i, e in before.values())
+    assert processes.stop(data, "operator")
+    processes.restart(data, "operator")
+    processes.wait_socket(data, "operator", processes.source_socket(data))
+    counters = operated.sync(data, lambda: lab.held(data))
+    assert counters["applies"] == 0 and counters["repairs"] == 0     # adopted, not loaded again
+    assert _program_ids(data) == before
+    _probe_equals_model(data, [current["topology"], current["policies"]])
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")

@@ -1,6 +1,9 @@
 """Watch events -> model changes (controller.events, pure) and the engine's
 bookkeeping without any I/O: what the kopf handlers hand over becomes the
 same ClusterState the manifests path builds, and nothing is invented."""
+import threading
+import time
+
 import pytest
 
 from tailor.operator.cluster.objects import Pod
@@ -216,6 +219,28 @@ def test_a_push_planned_before_a_hand_off_is_sent_again_after_it():
     assert engine.counters["applies"] + engine.counters["map updates"] == 0   # not taken as current
     (again,) = engine.take(10, timeout=0)
     assert (again.rpc, again.pod) == (engine_.APPLY, "x/a[Pod]")
+
+
+def test_a_burst_of_arrivals_within_the_coalesce_window_is_one_push():
+    engine = engine_.Engine(coalesce=0.5)
+    engine.load([(events.NETWORK_POLICY, POLICY), (events.POD, pod("a", labels={"app": "web"})),
+                 (events.POD, pod("c", labels={"app": "client"})),
+                 (events.POD, pod("d", labels={"app": "client"}))])
+    assert engine.take(10, timeout=0) is None
+    engine.reports_taken()
+    engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    engine.reported("n1", [("x/a", engine_.Report("uid-a", engine.view("x/a[Pod]").hash,
+                                                  engine_.LOADED))], engine.clock())
+    rounds = []
+    taker = threading.Thread(target=lambda: rounds.append(engine.take(10)))
+    taker.start()
+    engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])    # a's peers change...
+    time.sleep(0.1)
+    engine.program_for("x", "d", "uid-d", "n1", ["10.1.0.4"])    # ...and again
+    taker.join(5)
+    assert [(w.rpc, w.pod) for w in rounds[0]] == [(engine_.UPDATE_MAPS, "x/a[Pod]")]
+    engine.done(rounds[0][0])
+    assert engine.take(10, timeout=0) == []                      # nothing left for a second round
 
 
 def test_known_objects_are_those_events_brought():
