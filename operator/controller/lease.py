@@ -89,14 +89,7 @@ class Lease:
             ("holderIdentity", self.identity), ("leaseDurationSeconds", int(self.seconds)),
             ("acquireTime", micro_time(now)), ("renewTime", micro_time(now)),
             ("leaseTransitions", transitions))]
-        try:
-            await self.kube.json_patch(self.path, ops)
-        except ApiError as e:
-            if not e.conflict:
-                log.warning("lease %s: %s", self.name, e)
-            return False
-        self.held = True
-        return True
+        return await self._claim(self.kube.json_patch(self.path, ops))
 
     async def _create(self, now: datetime.datetime) -> bool:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -104,8 +97,14 @@ class Lease:
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.seconds),
                          "acquireTime": micro_time(now), "renewTime": micro_time(now),
                          "leaseTransitions": 0}}
+        return await self._claim(
+            self.kube.create(f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body))
+
+    async def _claim(self, write) -> bool:
+        """Await the write that takes the Lease; a conflict means another
+        replica won the race (not worth a warning)."""
         try:
-            await self.kube.create(f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
+            await write
         except ApiError as e:
             if not e.conflict:
                 log.warning("lease %s: %s", self.name, e)

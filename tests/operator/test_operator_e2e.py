@@ -30,6 +30,17 @@ def example_docs():
     return topology, policies
 
 
+def start_with_pods(w: World, topology: list[dict]) -> None:
+    """The namespaces, the operator (started), then the pods round-robin on the nodes, each wired."""
+    for doc in topology:
+        if doc["kind"] == "Namespace":
+            w.create(doc)
+    w.start_operator()
+    w.operator.controller
+    for i, doc in enumerate(d for d in topology if d["kind"] == "Pod"):
+        w.create_pod(doc, World.NODES[i % len(World.NODES)])
+
+
 @pytest.fixture
 def world(tmp_path):
     """Example 02 (namespaces x, y, z; pods a, b, c in each; an ANP, a BANP
@@ -37,14 +48,7 @@ def world(tmp_path):
     w = World(str(tmp_path))
     try:
         topology, policies = example_docs()
-        for doc in topology:
-            if doc["kind"] == "Namespace":
-                w.create(doc)
-        w.start_operator()
-        w.operator.controller
-        pods = [d for d in topology if d["kind"] == "Pod"]
-        for i, doc in enumerate(pods):
-            w.create_pod(doc, World.NODES[i % len(World.NODES)])
+        start_with_pods(w, topology)
         for doc in policies:
             w.create(doc)
         converge(w)
@@ -326,12 +330,7 @@ def test_admin_policies_are_picked_up_when_their_crds_appear(tmp_path):
     w = World(str(tmp_path), admin_policies=False)
     try:
         topology, policies = example_docs()
-        for doc in topology:
-            if doc["kind"] == "Namespace":
-                w.create(doc)
-        w.start_operator()
-        for i, doc in enumerate(d for d in topology if d["kind"] == "Pod"):
-            w.create_pod(doc, World.NODES[i % 3])
+        start_with_pods(w, topology)
         for doc in policies:
             if doc["kind"] == "NetworkPolicy":
                 w.create(doc)
