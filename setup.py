@@ -5,7 +5,8 @@ prefix them, so the list is derived here, once, from the tree.
 """
 from setuptools import find_packages, setup
 
-FOLDERS = {"operator": "tailor.operator", "datapath": "tailor.datapath", "cli": "tailor.cli"}
+FOLDERS = {"operator": "tailor.operator", "datapath": "tailor.datapath", "lab": "tailor.lab",
+           "cli": "tailor.cli"}
 
 packages = []
 for folder, name in FOLDERS.items():

@@ -24,8 +24,9 @@ import time
 
 import yaml
 
-from tailor.datapath.lab import lab, probe
-from tailor.datapath.lab import state as state_
+from tailor.lab import lab
+from tailor.lab.probing import probe
+from tailor.lab import state as state_
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMESPACES = ("front", "back", "data")

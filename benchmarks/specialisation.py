@@ -24,6 +24,7 @@ import time
 
 from tailor.datapath import packets as pk
 from tailor.datapath import trace
+from tailor.operator import tracing
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.compiler import build, generic
@@ -82,7 +83,7 @@ def state_of(objs) -> ClusterState:
     return state
 
 
-def kernel_ns_per_packet(node: trace.Node, pod: str, packet: bytes, repeat: int) -> tuple[float, int, int]:
+def kernel_ns_per_packet(node: tracing.Node, pod: str, packet: bytes, repeat: int) -> tuple[float, int, int]:
     loaded = node.pods[pod].loaded["ingress"]
     run = loaded.test_run(packet, repeat=repeat)
     return run.duration_ns, run.retval, loaded.info().verified_insns
@@ -99,7 +100,7 @@ def measure(name: str, objs, repeat: int, kernel: bool) -> dict:
         packet = pk.frame(flow, tcp_flags=pk.TCP_ACK)
         out = {}
         for label, programs, entries in (("specialised", built.programs, None), ("generic", gen, gen_entries)):
-            node = trace.Node(trace.engine("kernel"))
+            node = tracing.Node(trace.engine("kernel"))
             try:
                 node.add(built.spec, programs, entries)
                 out[label] = kernel_ns_per_packet(node, "app/p[Pod]", packet, repeat)

@@ -12,11 +12,15 @@ import signal
 import sys
 import threading
 
+from tailor.datapath.agent import backends   # the registry alone: no backend is imported
+
 
 def register(sub) -> None:
     p = sub.add_parser("agent", help="run the node agent (gRPC API, CNI socket, datapath backend)")
     p.add_argument("--node", required=True, help="this node's name")
-    p.add_argument("--backend", choices=("kernel", "emulated"), default="kernel")
+    p.add_argument("--backend", choices=backends.BACKENDS, default=backends.DEFAULT,
+                   help="; ".join(f"{n}: {backends.describe(n)}" for n in backends.BACKENDS)
+                   + " (default %(default)s)")
     p.add_argument("--listen", default="unix:/run/tailor/agent.sock", metavar="ADDR",
                    help="gRPC address: host:port or unix:/path (default %(default)s)")
     p.add_argument("--socket", default="/run/tailor/cni.sock", metavar="PATH",

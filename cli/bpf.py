@@ -8,6 +8,12 @@ import pathlib
 import sys
 import time
 
+from tailor.cli import usage
+
+# The toolkit (the assembler, the VM, libbpf through ctypes) is imported inside
+# the functions that use it, so `tailor --help` and the other subcommands
+# never pay for it.
+
 
 def register(sub) -> None:
     p = sub.add_parser("bpf", help="assemble, disassemble and run eBPF programs")
@@ -35,11 +41,6 @@ def register(sub) -> None:
     r.set_defaults(func=_run)
 
 
-def _usage(message: str):
-    from tailor.cli.main import UsageError
-    return UsageError(message)
-
-
 def _read_program(path: str):
     from tailor.datapath.ebpf import asm, isa
     from tailor.datapath.ebpf.errors import AssemblyError
@@ -48,16 +49,16 @@ def _read_program(path: str):
     try:
         data = file.read_bytes()
     except OSError as e:
-        raise _usage(f"cannot read program {path}: {e.strerror}") from None
+        raise usage.UsageError(f"cannot read program {path}: {e.strerror}") from None
     if file.suffix == ".bin":
         try:
             return isa.decode(data)
         except ValueError as e:
-            raise _usage(f"{path}: {e}") from None
+            raise usage.UsageError(f"{path}: {e}") from None
     try:
         return asm.assemble(data.decode())
     except (AssemblyError, UnicodeDecodeError) as e:
-        raise _usage(f"{path}: {e}") from None
+        raise usage.UsageError(f"{path}: {e}") from None
 
 
 def _asm(args) -> int:
@@ -67,7 +68,7 @@ def _asm(args) -> int:
     unresolved = isa.map_refs(insns)
     if unresolved:
         # Raw bytes have no relocation table: a map name would be silently lost.
-        raise _usage(f"{args.file}: names maps {', '.join(unresolved)}; raw bytes cannot carry "
+        raise usage.UsageError(f"{args.file}: names maps {', '.join(unresolved)}; raw bytes cannot carry "
                      "map references — use `tailor bpf run --map` on the .s file instead")
     pathlib.Path(args.output).write_bytes(isa.encode(insns))
     print(f"{args.output}: {isa.slot_count(insns)} slots", file=sys.stderr)
@@ -93,20 +94,21 @@ def parse_map_option(text: str):
     name, sep, rest = text.partition("=")
     parts = rest.split(",")
     if not sep or not name or len(parts) != 4:
-        raise _usage(f"--map {text!r}: expected NAME=TYPE,KEY,VALUE,ENTRIES, e.g. counters=array,4,8,16")
+        raise usage.UsageError(f"--map {text!r}: expected NAME=TYPE,KEY,VALUE,ENTRIES, "
+                               "e.g. counters=array,4,8,16")
     kind, *sizes = parts
     if kind not in _MAP_TYPES:
-        raise _usage(f"--map {text!r}: type {kind!r} is not one of {', '.join(_MAP_TYPES)}")
+        raise usage.UsageError(f"--map {text!r}: type {kind!r} is not one of {', '.join(_MAP_TYPES)}")
     try:
         key, value, entries = (int(s) for s in sizes)
     except ValueError:
-        raise _usage(f"--map {text!r}: KEY, VALUE and ENTRIES must be whole numbers") from None
+        raise usage.UsageError(f"--map {text!r}: KEY, VALUE and ENTRIES must be whole numbers") from None
     mtype = maps.MapType[kind.upper()]
     flags = maps.F_NO_PREALLOC if mtype == maps.MapType.LPM_TRIE else 0
     try:
         return maps.MapSpec(name, mtype, key, value, entries, flags)
     except ValueError as e:
-        raise _usage(f"--map {text!r}: {e}") from None
+        raise usage.UsageError(f"--map {text!r}: {e}") from None
 
 
 def _run(args) -> int:
@@ -117,13 +119,13 @@ def _run(args) -> int:
     try:
         packet = bytes.fromhex(args.packet_hex)
     except ValueError:
-        raise _usage("--packet-hex is not an even-length hex string") from None
+        raise usage.UsageError("--packet-hex is not an even-length hex string") from None
     if args.repeat < 1:
-        raise _usage("--repeat must be at least 1")
+        raise usage.UsageError("--repeat must be at least 1")
     specs = {s.name: s for s in (parse_map_option(m) for m in args.map)}
     missing = [r for r in isa.map_refs(insns) if r not in specs]
     if missing:
-        raise _usage(f"{args.file} names maps {', '.join(missing)}: declare each with "
+        raise usage.UsageError(f"{args.file} names maps {', '.join(missing)}: declare each with "
                      "--map NAME=TYPE,KEY,VALUE,ENTRIES")
     try:
         if args.engine == "kernel":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tailor.cli import usage
+
 
 def add_files_option(parser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
@@ -14,14 +16,14 @@ def add_files_option(parser) -> None:
 
 
 def load_state(paths: list[str]):
-    from tailor.cli.main import UsageError
+    # The manifest reader (yaml, the cluster model) only when a command runs.
     from tailor.operator.cluster import manifests
     from tailor.operator.errors import ManifestError
 
     try:
         state = manifests.load(paths)
     except ManifestError as e:
-        raise UsageError(str(e)) from None
+        raise usage.UsageError(str(e)) from None
     for note in state.warnings:
         print(f"tailor: note: {note}", file=sys.stderr)
     return state

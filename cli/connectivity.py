@@ -4,8 +4,12 @@ every port boundary the policies imply."""
 from __future__ import annotations
 
 import json
+import os
 
-from tailor.cli import cluster_input
+from tailor.cli import cluster_input, usage
+
+# The model, the compiler and the datapaths are imported inside the functions
+# that use them, so `tailor --help` and the other subcommands never pay for them.
 
 
 def register(sub) -> None:
@@ -24,10 +28,11 @@ def compute(state, datapath: str) -> list[dict]:
     if datapath == "model":
         return reachability.connectivity(state)
     from tailor.datapath import trace
+    from tailor.operator import tracing
     from tailor.operator.compiler import build
 
     built = build.build(state, progress=cluster_input.Progress("compiling pods"))
-    node = trace.Node(trace.engine(datapath))
+    node = tracing.Node(trace.engine(datapath))
     try:
         progress = cluster_input.Progress("loading programs")
         for i, b in enumerate(built.values(), 1):
@@ -35,7 +40,7 @@ def compute(state, datapath: str) -> list[dict]:
             progress(i, len(built))
 
         def judge(src, dst, protocol: str, port: int) -> bool:
-            flow = trace.flow_between(built[src.ref].spec, built[dst.ref].spec, protocol, port)
+            flow = tracing.flow_between(built[src.ref].spec, built[dst.ref].spec, protocol, port)
             if flow is None:
                 return False
             node.reset_conntrack()
@@ -69,13 +74,10 @@ def _run(args) -> int:
 
 
 def _require_kernel() -> None:
-    import os
-
-    from tailor.cli.main import UsageError
     from tailor.datapath.ebpf import kernel
 
     if os.geteuid() != 0:
-        raise UsageError("--datapath kernel loads programs into the kernel and needs root; "
+        raise usage.UsageError("--datapath kernel loads programs into the kernel and needs root; "
                          "use --datapath emulated to run the same programs in the VM")
     if not kernel.is_bpffs_mounted():
-        raise UsageError("--datapath kernel needs bpffs: mount -t bpf bpf /sys/fs/bpf")
+        raise usage.UsageError("--datapath kernel needs bpffs: mount -t bpf bpf /sys/fs/bpf")

@@ -1,12 +1,17 @@
 """`tailor lab up | probe | status | down`: a cluster on this machine out of
 network namespaces, real agents, the real CNI plugin and real connections
-(datapath/lab). Without root, `--backend emulated`."""
+(lab/). Without root, `--backend emulated`."""
 from __future__ import annotations
 
 import json
 import sys
 
-from tailor.cli import cluster_input
+from tailor.cli import cluster_input, usage
+from tailor.datapath.agent import backends
+
+# The lab (netlink, processes, the API server emulator) is imported inside the
+# functions that use it, so `tailor --help` and the other subcommands never
+# pay for it.
 
 
 def register(sub) -> None:
@@ -17,7 +22,7 @@ def register(sub) -> None:
     cluster_input.add_files_option(up)
     up.add_argument("--nodes", type=int, default=None,
                     help="number of nodes (default 2, or as many as spec.nodeName names)")
-    up.add_argument("--backend", choices=("kernel", "emulated"), default=None,
+    up.add_argument("--backend", choices=backends.BACKENDS, default=None,
                     help="kernel (root: namespaces, veths, eBPF) or emulated (no root: the agents' VM); "
                          "default kernel as root, else emulated")
     up.add_argument("--control", choices=("lab", "operator"), default="lab",
@@ -51,19 +56,18 @@ def _name(p) -> None:
 
 def _errors(fn):
     def run(args) -> int:
-        from tailor.cli.main import UsageError
-        from tailor.datapath.lab.lab import LabError
+        from tailor.lab.lab import LabError
 
         try:
             return fn(args)
         except LabError as e:
-            raise UsageError(str(e)) from None
+            raise usage.UsageError(str(e)) from None
     return run
 
 
 @_errors
 def _up(args) -> int:
-    from tailor.datapath.lab import lab
+    from tailor.lab import lab
 
     lab.up(args.filename, nodes=args.nodes, backend=args.backend, name=args.name, control=args.control,
            echo=lambda line: print(line, flush=True))
@@ -72,9 +76,8 @@ def _up(args) -> int:
 
 @_errors
 def _probe(args) -> int:
-    from tailor.datapath.lab import lab
-
-    from tailor.datapath.lab import probe
+    from tailor.lab import lab
+    from tailor.lab.probing import probe
 
     result = lab.probe(args.name, args.timeout)
     differ = None
@@ -102,7 +105,7 @@ def _probe(args) -> int:
 
 @_errors
 def _status(args) -> int:
-    from tailor.datapath.lab import lab
+    from tailor.lab import lab
 
     data = lab.status(args.name)
     if args.format == "json":
@@ -130,7 +133,7 @@ def _status(args) -> int:
 
 @_errors
 def _down(args) -> int:
-    from tailor.datapath.lab import lab
+    from tailor.lab import lab
 
     lab.down(args.name, echo=lambda line: print(line, file=sys.stdout, flush=True))
     return 0

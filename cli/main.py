@@ -1,13 +1,14 @@
 """`tailor` entry point: builds the argument parser from the subcommand
 modules and dispatches. Each subcommand module exposes `register(subparsers)`
 and sets `func` on its parser; heavy imports happen inside `func`, so
-`tailor --help` stays fast."""
+`tailor --help` stays fast. A subcommand reports bad input by raising
+usage.UsageError."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tailor.cli import agent, bpf, connectivity, lab, programs
+from tailor.cli import agent, bpf, connectivity, lab, programs, usage
 from tailor.cli import operator as operator_
 
 SUBCOMMANDS = (connectivity, programs, bpf, lab, agent, operator_)
@@ -23,16 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as `tailor: error: ...`, exit code 2."""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except UsageError as e:
+    except usage.UsageError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from tailor.cli import cluster_input
+from tailor.cli import cluster_input, usage
+
+# The compiler and the disassembler are imported inside the functions that
+# use them, so `tailor --help` and the other subcommands never pay for them.
 
 
 def register(sub) -> None:
@@ -45,7 +48,6 @@ def describe(built) -> dict:
 
 
 def _run(args) -> int:
-    from tailor.cli.main import UsageError
     from tailor.datapath.ebpf import disasm
     from tailor.operator.compiler import build, generic
 
@@ -56,7 +58,7 @@ def _run(args) -> int:
         match = built.get(want) or next((b for ref, b in built.items()
                                          if ref.split("[")[0] == args.disasm), None)
         if match is None:
-            raise UsageError(f"--disasm {args.disasm}: no such pod; pods are "
+            raise usage.UsageError(f"--disasm {args.disasm}: no such pod; pods are "
                              + ", ".join(sorted(built)))
         for direction in ("egress", "ingress"):
             program = match.programs.program(direction)

@@ -1,2 +1,6 @@
-"""tailor's brain: cluster model, policy semantics, the per-pod program compiler
-and the kopf controller. Imported as `tailor.operator`, never as `operator`."""
+"""tailor's brain: cluster model (cluster/, selectors), policy semantics
+(policy/: the reference model), the per-pod program compiler (compiler/),
+incremental planning (affected, desired), the tracer of compiled clusters
+(tracing) and the kopf controller (controller/). It builds to the
+datapath's contract (tailor.datapath.layout, agent.wire) and sits below the
+lab and the cli. Imported as `tailor.operator`, never as `operator`."""

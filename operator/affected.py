@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tailor.operator.cluster.adminpolicy import AdminPolicy
+from tailor.operator.cluster.adminpolicy import POD_PEER_KINDS, AdminPolicy, PeerKind
 from tailor.operator.cluster.networkpolicy import NetworkPolicy
 from tailor.operator.cluster.objects import Node, Pod
 from tailor.operator.cluster.state import ClusterState
@@ -59,7 +59,7 @@ def _admin_peer_could_match(state: ClusterState, policy: AdminPolicy, pod: Pod) 
         if rule.ports and any(m.name for m in rule.ports):
             return True
         for peer in rule.peers:
-            if peer.kind not in ("namespaces", "pods"):
+            if peer.kind not in POD_PEER_KINDS:
                 continue
             if peer.namespace_selector.matches(ns_labels) and (
                     peer.pod_selector is None or peer.pod_selector.matches(pod.labels)):
@@ -122,7 +122,7 @@ def by_node(state: ClusterState, old: Node | None, new: Node | None) -> set[str]
     out: set[str] = set()
     for policy in _all_admin(state):
         selectors = [peer.node_selector for rule in policy.ingress + policy.egress
-                     for peer in rule.peers if peer.kind == "nodes"]
+                     for peer in rule.peers if peer.kind is PeerKind.NODES]
         if any(s.matches(n.labels) for s in selectors for n in versions):
             out |= _admin_subjects(state, policy)
     return out

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from tailor.datapath import layout
 from tailor.datapath.agent.backends import base
 
 VERSION = "0.1.0"
@@ -165,7 +166,7 @@ class Core:
                 if missing:
                     raise InvalidRequest(f"pod {key}: its {d} program has no map "
                                          f"{', '.join(sorted(missing))}")
-            entries = {d: dict(known.entries.get(d, {})) for d in base.DIRECTIONS}
+            entries = {d: dict(known.entries.get(d, {})) for d in layout.DIRECTIONS}
             for d, tables in maps.items():
                 entries.setdefault(d, {}).update(tables)
             self._programs[key] = dataclasses.replace(known, entries=entries)

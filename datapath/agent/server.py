@@ -21,6 +21,7 @@ import grpc
 from tailor.datapath.agent import core, wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as rpc
+from tailor.datapath import layout
 from tailor.datapath.agent.backends import base
 
 _STATES = {base.State.PENDING: pb.PENDING, base.State.LOADED: pb.LOADED,
@@ -49,23 +50,13 @@ def status_message(state: base.PodState) -> pb.PodStatus:
                        state=_STATES[state.state], message=state.message, hash=state.hash,
                        features=list(state.features), addresses=list(state.addresses),
                        interface=state.interface)
-    for d in base.DIRECTIONS:
+    for d in layout.DIRECTIONS:
         load = getattr(state, d)
         if load is not None:
             getattr(msg, d).CopyFrom(pb.LoadInfo(
                 program_id=load.program_id, verified_insns=load.verified_insns,
                 attach=load.attach, hash=load.hash, instructions=load.instructions))
     return msg
-
-
-def _maps_of(contents) -> dict[str, dict[str, dict[bytes, bytes]]]:
-    out: dict[str, dict[str, dict[bytes, bytes]]] = {}
-    for c in contents:
-        if c.direction not in base.DIRECTIONS:
-            raise core.InvalidRequest(f"map {c.map!r}: direction {c.direction!r} is not "
-                                      "ingress or egress")
-        out.setdefault(c.direction, {})[c.map] = {e.key: e.value for e in c.entries}
-    return out
 
 
 def _pod_ref(ref: pb.PodRef) -> tuple[str, str, str]:
@@ -92,7 +83,7 @@ class AgentServicer(rpc.AgentServicer):
     @_errors_as_status
     def UpdateMaps(self, request, context):
         namespace, name, uid = _pod_ref(request.pod)
-        changed = self.core.update_maps(namespace, name, uid, _maps_of(request.maps))
+        changed = self.core.update_maps(namespace, name, uid, wire.map_contents_from(request.maps))
         return pb.UpdateMapsResponse(changed_entries=changed)
 
     @_errors_as_status
@@ -113,10 +104,8 @@ class AgentServicer(rpc.AgentServicer):
     def Counters(self, request, context):
         namespace, name, uid = _pod_ref(request.pod)
         counters = self.core.counters(namespace, name)
-        return pb.CountersResponse(
-            pod=pb.PodRef(namespace=namespace, name=name, uid=uid),
-            **{d: pb.DirectionCounters(allowed=c[0], dropped=c[1], redirected=c[2])
-               for d, c in (("ingress", counters.ingress), ("egress", counters.egress))})
+        return wire.counters_to_proto(namespace, name, uid,
+                                      {"ingress": counters.ingress, "egress": counters.egress})
 
     @_errors_as_status
     def Trace(self, request, context):

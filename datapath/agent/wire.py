@@ -1,19 +1,30 @@
-"""Programs on the wire: compiled pod programs <-> the agent API's messages.
+"""The agent API's messages <-> the values both sides use: every conversion
+of a program, a pod's map contents or its counters to or from protobuf is
+here, and nowhere else.
 
-Called by the program sources (the lab's controller, the operator) to send,
-and by the agent to receive. A program travels as raw instruction bytes
+Called by the program sources (the operator, the lab's control plane) to
+send, by the agent's server and backends to receive and to persist (the
+kernel backend writes the PodProgram in force back as a message), and by
+the operator to read counters. A program travels as raw instruction bytes
 with map fds 0 plus a relocation table, so the receiver resolves map names
 to its own map objects exactly as the compiler named them.
+
+Map contents everywhere are `{direction: {map name: {key: value}}}` (bytes
+keys and values, in the layouts of datapath/layout.py).
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.maps import MapSpec, MapType
+from tailor.datapath.layout import DIRECTIONS
 
-DIRECTIONS = ("ingress", "egress")
+Entries = Mapping[str, Mapping[str, Mapping[bytes, bytes]]]
+# Packets per outcome, in the order of layout.STAT_NAMES: (allowed, dropped, redirected).
+Totals = tuple[int, int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,39 +39,41 @@ class Received:
     insns: dict[str, list[isa.Insn]]                  # direction -> instructions with refs
     maps: dict[str, list[MapSpec]]                     # direction -> maps its insns name
     entries: dict[str, dict[str, dict[bytes, bytes]]]  # direction -> map -> key -> value
+    direction_features: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def instructions(self) -> dict[str, int]:
+        """Per direction, counted as the compiler counts them: in 8-byte
+        slots (a 64-bit load is two)."""
+        return {d: isa.slot_count(self.insns[d]) for d in DIRECTIONS}
 
-def program_to_proto(program) -> pb.Program:
-    """A compiler Program (operator.compiler.program.Program) -> message."""
-    insns = list(program.insns)
+
+# -- programs ----------------------------------------------------------------------
+
+def _program(direction: str, insns: Iterable[isa.Insn], maps: Iterable[MapSpec],
+             features: Iterable[str]) -> pb.Program:
+    insns = list(insns)
     relocations, slot = [], 0
     for insn in insns:
         if insn.ref is not None:
             relocations.append(pb.Relocation(slot=slot, map=insn.ref, pseudo=insn.src))
         slot += insn.slots
     return pb.Program(
-        direction=program.direction, insns=isa.encode(insns), relocations=relocations,
+        direction=direction, insns=isa.encode(insns), relocations=relocations,
         maps=[pb.MapSpec(name=m.name, type=int(m.type), key_size=m.key_size, value_size=m.value_size,
-                         max_entries=m.max_entries, flags=m.flags) for m in program.maps],
-        features=sorted(program.features), instructions=program.instructions,
+                         max_entries=m.max_entries, flags=m.flags) for m in maps],
+        features=sorted(features), instructions=slot,
         annotations=[i.comment or "" for i in insns])
 
 
-def to_proto(namespace: str, name: str, uid: str, programs, entries,
-             addresses: tuple[str, ...] = ()) -> pb.PodProgram:
-    """PodPrograms + map entries ({direction: {map: {key: value}}}) -> message."""
-    contents = [pb.MapContents(direction=d, map=m,
-                               entries=[pb.MapEntry(key=k, value=v) for k, v in sorted(table.items())])
-                for d in DIRECTIONS for m, table in sorted(entries.get(d, {}).items())]
-    return pb.PodProgram(
-        pod=pb.PodRef(namespace=namespace, name=name, uid=uid), addresses=list(addresses),
-        hash=programs.hash, features=list(programs.features),
-        ingress=program_to_proto(programs.ingress), egress=program_to_proto(programs.egress),
-        maps=contents)
+def program_to_proto(program) -> pb.Program:
+    """A compiler Program (operator.compiler.program.Program: direction,
+    insns, maps, features) -> message."""
+    return _program(program.direction, program.insns, program.maps, program.features)
 
 
 def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
@@ -89,16 +102,80 @@ def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
     return insns, list(specs.values())
 
 
+# -- map contents -------------------------------------------------------------------
+
+def map_contents(entries: Entries) -> list[pb.MapContents]:
+    """Map contents -> messages, one per (direction, map), in a stable order."""
+    return [pb.MapContents(direction=d, map=m,
+                           entries=[pb.MapEntry(key=k, value=v) for k, v in sorted(table.items())])
+            for d in DIRECTIONS for m, table in sorted(entries.get(d, {}).items())]
+
+
+def map_contents_from(contents: Iterable[pb.MapContents]) -> dict[str, dict[str, dict[bytes, bytes]]]:
+    """Messages -> map contents. Raises ValueError for a direction that is
+    neither ingress nor egress."""
+    out: dict[str, dict[str, dict[bytes, bytes]]] = {}
+    for c in contents:
+        if c.direction not in DIRECTIONS:
+            raise ValueError(f"map {c.map!r}: direction {c.direction!r} is not ingress or egress")
+        out.setdefault(c.direction, {})[c.map] = {e.key: e.value for e in c.entries}
+    return out
+
+
+# -- pod programs -------------------------------------------------------------------
+
+def to_proto(namespace: str, name: str, uid: str, programs, entries: Entries,
+             addresses: tuple[str, ...] = ()) -> pb.PodProgram:
+    """Compiled PodPrograms (operator.compiler.program.PodPrograms) + their
+    map contents -> message."""
+    return pb.PodProgram(
+        pod=pb.PodRef(namespace=namespace, name=name, uid=uid), addresses=list(addresses),
+        hash=programs.hash, features=list(programs.features),
+        ingress=program_to_proto(programs.ingress), egress=program_to_proto(programs.egress),
+        maps=map_contents(entries))
+
+
 def from_proto(msg: pb.PodProgram) -> Received:
-    insns, maps = {}, {}
+    """Message -> Received. Raises ValueError naming the pod and the problem."""
+    insns, maps, features = {}, {}, {}
     for d in DIRECTIONS:
         part = getattr(msg, d)
         if part.direction != d:
             raise ValueError(f"pod {msg.pod.namespace}/{msg.pod.name}: the {d} program is missing "
                              f"or labelled {part.direction!r}")
         insns[d], maps[d] = program_from_proto(part)
+        features[d] = tuple(part.features)
     entries: dict[str, dict[str, dict[bytes, bytes]]] = {d: {} for d in DIRECTIONS}
-    for contents in msg.maps:
-        entries.setdefault(contents.direction, {})[contents.map] = {e.key: e.value for e in contents.entries}
+    try:
+        entries.update(map_contents_from(msg.maps))
+    except ValueError as e:
+        raise ValueError(f"pod {msg.pod.namespace}/{msg.pod.name}: {e}") from None
     return Received(msg.pod.namespace, msg.pod.name, msg.pod.uid, tuple(msg.addresses), msg.hash,
-                    tuple(msg.features), insns, maps, entries)
+                    tuple(msg.features), insns, maps, entries, features)
+
+
+def received_to_proto(received: Received) -> pb.PodProgram:
+    """A Received back into its message (the kernel backend persists the
+    program in force this way); from_proto of it gives `received` again."""
+    return pb.PodProgram(
+        pod=pb.PodRef(namespace=received.namespace, name=received.name, uid=received.uid),
+        addresses=list(received.addresses), hash=received.hash, features=list(received.features),
+        maps=map_contents(received.entries),
+        **{d: _program(d, received.insns[d], received.maps[d], received.direction_features.get(d, ()))
+           for d in DIRECTIONS})
+
+
+# -- counters -----------------------------------------------------------------------
+
+def counters_to_proto(namespace: str, name: str, uid: str,
+                      totals: Mapping[str, Totals]) -> pb.CountersResponse:
+    """{direction: (allowed, dropped, redirected)} -> message."""
+    return pb.CountersResponse(
+        pod=pb.PodRef(namespace=namespace, name=name, uid=uid),
+        **{d: pb.DirectionCounters(allowed=t[0], dropped=t[1], redirected=t[2])
+           for d, t in totals.items()})
+
+
+def counters_from_proto(msg: pb.CountersResponse) -> dict[str, Totals]:
+    """Message -> {direction: (allowed, dropped, redirected)}."""
+    return {d: (c.allowed, c.dropped, c.redirected) for d in DIRECTIONS for c in (getattr(msg, d),)}

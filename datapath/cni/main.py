@@ -3,11 +3,11 @@
 The container runtime runs this once per pod event. It implements CNI spec
 1.1.0 (and answers 0.4.0 and 1.0.0 configs in their own result shapes): it
 validates the environment and the network config, answers VERSION itself, and
-hands ADD, DEL, CHECK, STATUS and GC to the node agent over its unix socket
-(protocol.py). The agent does the netlink, IPAM and program work.
+hands every other command (a row of protocol.COMMANDS) to the node agent over
+its unix socket. The agent does the netlink, IPAM and program work.
 
-Kept thin on purpose: it imports only the standard library's json, os, sys
-and socket (through protocol.py). pyroute2 costs ~350 ms to import and grpc
+Kept thin on purpose: it imports only the standard library's json, os, sys,
+time and socket (through protocol.py). pyroute2 costs ~350 ms to import and grpc
 ~160 ms; a plugin paying that per pod would dominate pod start-up.
 
 Config keys read here besides the spec's: `agentSocket` (default
@@ -24,16 +24,9 @@ import time
 
 from tailor.datapath.cni import protocol
 
-# Environment each command needs (CNI spec 1.1.0, section 2). DEL may come
-# without CNI_NETNS (the namespace is already gone); GC and STATUS concern the
-# whole network, not one attachment.
-REQUIRED_ENV = {
-    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
-    "GC": ("CNI_PATH",),
-    "STATUS": (),
-}
+# The one command answered here, before stdin is read; every other is a row
+# of protocol.COMMANDS.
+VERSION = "VERSION"
 # The only IPAM tailor speaks is its own, inside the agent; it never delegates.
 OWN_IPAM_TYPES = ("", "tailor")
 
@@ -46,7 +39,7 @@ class CniError(Exception):
 
 def main() -> int:
     command = os.environ.get("CNI_COMMAND", "")
-    if command == "VERSION":
+    if command == VERSION:
         _print({"cniVersion": protocol.CNI_VERSION,
                 "supportedVersions": list(protocol.SUPPORTED_VERSIONS)})
         return 0
@@ -54,7 +47,7 @@ def main() -> int:
     try:
         if command not in protocol.COMMANDS:
             raise CniError(protocol.ERR_INVALID_ENV, "invalid CNI_COMMAND",
-                           f"CNI_COMMAND={command!r} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION")
+                           f"CNI_COMMAND={command!r} is not one of {', '.join([*protocol.COMMANDS, VERSION])}")
         config = _read_config(sys.stdin.buffer.read())
         version = config["cniVersion"] if isinstance(config.get("cniVersion"), str) else version
         _validate_config(command, config)
@@ -65,9 +58,9 @@ def main() -> int:
     if not response.get("ok"):
         return _fail(version, response.get("code", protocol.ERR_INTERNAL),
                      str(response.get("msg", "agent error")), str(response.get("details", "")))
-    if command == "ADD":
+    if protocol.COMMANDS[command].result:
         _print(protocol.result_for_version(response.get("result") or {}, version))
-    return 0   # DEL, CHECK, STATUS and GC print nothing on success
+    return 0   # the others print nothing on success
 
 
 # -- input ------------------------------------------------------------------
@@ -136,7 +129,8 @@ def _validate_config(command: str, config: dict) -> None:
 def _validate_env(command: str) -> dict:
     env = {k: os.environ.get(k, "") for k in
            ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")}
-    missing = [k for k in REQUIRED_ENV[command] if not env[k]]
+    required = protocol.COMMANDS[command].env
+    missing = [k for k in required if not env[k]]
     if missing:
         raise CniError(protocol.ERR_INVALID_ENV, "missing environment variables",
                        f"{command} needs {', '.join(missing)}")
@@ -146,8 +140,9 @@ def _validate_env(command: str) -> dict:
     if env["CNI_IFNAME"] and not _valid_ifname(env["CNI_IFNAME"]):
         raise CniError(protocol.ERR_INVALID_ENV, "invalid CNI_IFNAME",
                        "an interface name is 1-15 characters, not . or .., without / : or whitespace")
-    # ADD and CHECK work inside the namespace; DEL must clean up without it.
-    if command in ("ADD", "CHECK") and not os.path.exists(env["CNI_NETNS"]):
+    # A command that requires the namespace works inside it; DEL, which must
+    # clean up after the namespace is gone, does not require one.
+    if "CNI_NETNS" in required and not os.path.exists(env["CNI_NETNS"]):
         raise CniError(protocol.ERR_INVALID_ENV, "invalid CNI_NETNS",
                        f"network namespace {env['CNI_NETNS']} does not exist")
     env["args"] = _parse_cni_args(env["CNI_ARGS"])
@@ -184,8 +179,7 @@ def _call_agent(command: str, env: dict, config: dict) -> dict:
     deadline = time.monotonic() + timeout
     message = protocol.request(command, env["CNI_CONTAINERID"], env["CNI_NETNS"],
                                env["CNI_IFNAME"], env["args"], config)
-    # STATUS asks "can you take an ADD?": an agent that isn't there cannot.
-    unreachable = protocol.ERR_NOT_AVAILABLE if command == "STATUS" else protocol.ERR_TRY_AGAIN
+    unreachable = protocol.COMMANDS[command].unreachable
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)

@@ -1,8 +1,10 @@
 """The wire protocol between the `tailor` CNI plugin and the node agent.
 
 Both sides import this module: the plugin (a short-lived executable that must
-stay cheap to start) and the agent's CNI server (datapath/agent/cni/server.py).
-It therefore imports only the standard library's json and socket.
+stay cheap to start) and the agent's CNI server and handler
+(datapath/agent/cni/). It therefore imports only the standard library's json,
+socket, time and collections (which json's own imports load anyway). Its
+COMMANDS table is the one list of the commands either side knows.
 
 One request per connection over a unix stream socket (default
 `/run/tailor/cni.sock`, created mode 0600 by the agent). The plugin writes one
@@ -11,7 +13,7 @@ terminated by a newline and closes the connection.
 
 Request::
 
-    {"command": "ADD" | "DEL" | "CHECK" | "STATUS" | "GC",
+    {"command": "ADD",              # a key of COMMANDS
      "containerID": "...",          # "" for STATUS and GC
      "netns": "/var/run/netns/x",   # "" when the runtime gave none (DEL may)
      "ifname": "eth0",              # "" for STATUS and GC
@@ -31,11 +33,11 @@ needs to know which spec version a runtime speaks.
 """
 from __future__ import annotations
 
+import collections
 import json
 import socket
 import time
 
-COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 DEFAULT_SOCKET = "/run/tailor/cni.sock"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 MAX_MESSAGE_BYTES = 4 << 20   # a netconf with a prevResult is a few KiB
@@ -60,6 +62,30 @@ ERR_IPAM_EXHAUSTED = 101          # no free address in a pod CIDR
 ERR_WIRING = 102                  # netlink refused the veth, an address or a route
 ERR_ATTACH = 103                  # the pod's program was rejected
 ERR_CHECK_FAILED = 104            # CHECK: the pod's networking differs from prevResult
+
+
+# The CNI commands the plugin hands to the agent: the one table both sides
+# read. The plugin checks CNI_COMMAND and the environment against it and the
+# agent's CniHandler dispatches by it, so a new command is a row here plus its
+# handler method (and its config checks in the plugin's _validate_config, if
+# it has any). VERSION is not a row: the plugin answers it alone.
+#   env          what the plugin requires to be set (CNI spec 1.1.0, section 2);
+#                a command needing CNI_NETNS also needs the namespace to exist
+#   method       the datapath.agent.cni.handler.CniHandler method that answers it
+#   result       the plugin prints the agent's result on success (else nothing)
+#   unreachable  the code the plugin answers when the agent cannot be reached
+Command = collections.namedtuple("Command", "env method result unreachable")
+
+COMMANDS = {
+    "ADD": Command(("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"), "add", True, ERR_TRY_AGAIN),
+    # The namespace may already be gone; DEL must clean up without it.
+    "DEL": Command(("CNI_CONTAINERID", "CNI_IFNAME"), "delete", False, ERR_TRY_AGAIN),
+    "CHECK": Command(("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"), "check", False, ERR_TRY_AGAIN),
+    # STATUS asks "can you take an ADD?": an agent that isn't there cannot.
+    # It and GC concern the whole network, not one attachment.
+    "STATUS": Command((), "status", False, ERR_NOT_AVAILABLE),
+    "GC": Command(("CNI_PATH",), "gc", False, ERR_TRY_AGAIN),
+}
 
 
 class ProtocolError(Exception):

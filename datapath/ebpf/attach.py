@@ -23,10 +23,12 @@ import os
 
 from tailor.datapath.ebpf import errors, kernel, libbpf
 
-DIRECTIONS = {"ingress": libbpf.TCX_INGRESS, "egress": libbpf.TCX_EGRESS}
+# An interface's two hooks (not a pod's program directions: the pod's ingress
+# program sits on the host veth's egress hook; see datapath/layout.hook).
+HOOKS = {"ingress": libbpf.TCX_INGRESS, "egress": libbpf.TCX_EGRESS}
 # clsact's fixed parents: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / _EGRESS).
 TC_PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
-_ATTACH_TYPE_NAMES = {v: k for k, v in DIRECTIONS.items()}
+_ATTACH_TYPE_NAMES = {v: k for k, v in HOOKS.items()}
 
 # Our tc filter's place on the hook, so detach_tc deletes it and nothing else.
 TC_PRIO = 1
@@ -37,8 +39,8 @@ _NO_TCX = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 def _direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be 'ingress' or 'egress', not {direction!r}")
+    if direction not in HOOKS:
+        raise ValueError(f"hook must be 'ingress' or 'egress', not {direction!r}")
     return direction
 
 
@@ -95,7 +97,7 @@ def attach_tcx(prog: kernel.KernelProgram, ifindex: int, direction: str, *,
     thread's network namespace: the agent's own, where pods' host-side veths
     live, unless `netns` (a name under /var/run/netns) says otherwise. The
     link, once made, is bound to the device, whatever namespace we are in."""
-    attach_type = DIRECTIONS[_direction(direction)]
+    attach_type = HOOKS[_direction(direction)]
     where = f"ifindex {ifindex}" + (f" in netns {netns}" if netns else "")
     what = f"program {prog.name!r} on {where} tcx {direction}"
     if netns is None:

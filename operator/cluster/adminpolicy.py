@@ -6,13 +6,15 @@ cluster.manifests (later also the kopf handlers); they apply the CRD schema's
 defaults and validation and raise `InvalidSpec` with the field path. The
 semantics live in policy.admin. Purely data-manipulative, no I/O.
 
-Supported peers: ingress `namespaces`, `pods`; egress `namespaces`, `pods`,
-`nodes` (matched by the selected Node objects' addresses) and `networks`
-(CIDRs; cluster pods' addresses are checked against them too, as the API says).
+Supported peers (PeerKind): ingress `namespaces`, `pods`; egress
+`namespaces`, `pods`, `nodes` (matched by the selected Node objects'
+addresses) and `networks` (CIDRs; cluster pods' addresses are checked against
+them too, as the API says).
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 from collections.abc import Mapping
 
@@ -32,6 +34,26 @@ MAX_PORTS = 100
 MAX_NETWORKS = 25
 
 
+class PeerKind(enum.StrEnum):
+    """The kind of an AdminNetworkPolicy peer, named by the API field that
+    holds it (`to: [{nodes: {...}}]`). Compared by the semantics
+    (policy.admin.peer_matches), the compiler (compiler.resolve) and the change
+    tracker (affected). A new egress kind is a member here and its case in
+    _parse_peer and in each of those places.
+    A StrEnum: a member is its field name, in error paths and as a key."""
+    NAMESPACES = "namespaces"   # the pods of the selected namespaces
+    PODS = "pods"               # the selected pods of the selected namespaces
+    NODES = "nodes"             # the addresses of the selected Node objects
+    NETWORKS = "networks"       # CIDRs, cluster pods' addresses included
+
+
+# The kinds that select cluster pods. Ingress peers and subjects take only
+# these (the CRD schema); a subject's fields have the peers' shapes.
+POD_PEER_KINDS = (PeerKind.NAMESPACES, PeerKind.PODS)
+SUBJECT_KINDS = INGRESS_PEER_KINDS = POD_PEER_KINDS
+EGRESS_PEER_KINDS = tuple(PeerKind)
+
+
 @dataclasses.dataclass(frozen=True)
 class Subject:
     """Which pods a policy applies to: pods in namespaces matching
@@ -42,10 +64,10 @@ class Subject:
 
 @dataclasses.dataclass(frozen=True)
 class AdminPeer:
-    """Exactly one kind of peer: `namespaces` (namespace_selector), `pods`
-    (namespace_selector and pod_selector), `nodes` (node_selector) or
-    `networks` (networks)."""
-    kind: str
+    """Exactly one kind of peer: NAMESPACES (namespace_selector), PODS
+    (namespace_selector and pod_selector), NODES (node_selector) or NETWORKS
+    (networks)."""
+    kind: PeerKind
     namespace_selector: selectors.LabelSelector | None = None
     pod_selector: selectors.LabelSelector | None = None
     node_selector: selectors.LabelSelector | None = None
@@ -126,10 +148,11 @@ def _parse_subject(subject) -> Subject:
     path = "spec.subject"
     if subject is None:
         raise InvalidSpec(path, "Required value")
-    field = _one_of(subject, path, ("namespaces", "pods"))
-    if field == "namespaces":
-        return Subject(selectors.parse(subject["namespaces"], f"{path}.namespaces"))
-    ns_sel, pod_sel = _namespaced_pod(subject["pods"], f"{path}.pods")
+    kind = PeerKind(_one_of(subject, path, SUBJECT_KINDS))
+    where = f"{path}.{kind}"
+    if kind is PeerKind.NAMESPACES:
+        return Subject(selectors.parse(subject[kind], where))
+    ns_sel, pod_sel = _namespaced_pod(subject[kind], where)
     return Subject(ns_sel, pod_sel)
 
 
@@ -150,7 +173,7 @@ def _parse_rules(spec: Mapping, direction: str, actions: tuple[str, ...]) -> tup
     if len(rules) > MAX_RULES:
         raise InvalidSpec(path, f"must have at most {MAX_RULES} items, got {len(rules)}")
     peers_field = "from" if direction == "ingress" else "to"
-    peer_kinds = ("namespaces", "pods") if direction == "ingress" else ("namespaces", "pods", "nodes", "networks")
+    peer_kinds = INGRESS_PEER_KINDS if direction == "ingress" else EGRESS_PEER_KINDS
     parsed = []
     for i, rule in enumerate(rules):
         where = f"{path}[{i}]"
@@ -178,17 +201,18 @@ def _parse_rules(spec: Mapping, direction: str, actions: tuple[str, ...]) -> tup
     return tuple(parsed)
 
 
-def _parse_peer(peer, path: str, kinds: tuple[str, ...]) -> AdminPeer:
-    kind = _one_of(peer, path, kinds)
+def _parse_peer(peer, path: str, kinds: tuple[PeerKind, ...]) -> AdminPeer:
+    kind = PeerKind(_one_of(peer, path, kinds))
     value = peer[kind]
     where = f"{path}.{kind}"
-    if kind == "namespaces":
+    if kind is PeerKind.NAMESPACES:
         return AdminPeer(kind, namespace_selector=selectors.parse(value, where))
-    if kind == "pods":
+    if kind is PeerKind.PODS:
         ns_sel, pod_sel = _namespaced_pod(value, where)
         return AdminPeer(kind, namespace_selector=ns_sel, pod_selector=pod_sel)
-    if kind == "nodes":
+    if kind is PeerKind.NODES:
         return AdminPeer(kind, node_selector=selectors.parse(value, where))
+    # NETWORKS
     if not isinstance(value, list) or not value:
         raise InvalidSpec(where, "must be a list of at least one CIDR")
     if len(value) > MAX_NETWORKS:

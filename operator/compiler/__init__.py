@@ -4,7 +4,8 @@ Purely data-manipulative, no I/O; never imports kopf, kubernetes, grpc or
 pyroute2. Modules, in pipeline order:
     resolve    cluster state + policy semantics -> ProgramSpec per pod
     spec       the ProgramSpec data model (shape vs membership)
-    layout     map layouts, stack frame, register plan
+    (the map layouts, stack frame and register plan it builds to are the
+     datapath's: tailor.datapath.layout)
     parse, conntrack, rules   emitters of the program's parts
     program    the pipeline: spec -> PodPrograms (two programs, features, hash)
     mapdata    membership -> map entries

@@ -18,7 +18,7 @@ from __future__ import annotations
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R10
 from tailor.datapath.ebpf.helper_ids import Helper
 from tailor.datapath.ebpf.maps import BPF_NOEXIST
-from tailor.operator.compiler import layout
+from tailor.datapath import layout
 from tailor.operator.compiler.spec import EGRESS, INGRESS
 
 OPPOSITE = {INGRESS: EGRESS, EGRESS: INGRESS}

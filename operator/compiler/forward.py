@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R4, R6, R9, R10
 from tailor.datapath.ebpf.helper_ids import Helper, TcAct
-from tailor.operator.compiler import labels, layout
+from tailor.datapath import layout
+from tailor.operator.compiler import labels
 
 
 def count(b: Builder, frame_key: int, stat: int, where: str) -> None:

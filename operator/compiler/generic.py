@@ -29,7 +29,8 @@ import struct
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R5, R6, R7, R8, R9, R10
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
-from tailor.operator.compiler import conntrack, forward, labels, layout, mapdata, parse, rules
+from tailor.datapath import layout
+from tailor.operator.compiler import conntrack, forward, labels, mapdata, parse, rules
 from tailor.operator.compiler.program import CompileError, PodPrograms, Program
 from tailor.operator.compiler.spec import (ANY_PEER, EGRESS, INGRESS, Action, Cidr, Group, NamedPort,
                                            PortRange, ProgramSpec, TierKind)

@@ -3,7 +3,7 @@ Called by the datapath (initial load and updates on peer churn), by
 `tailor connectivity` and by tests. Pure.
 
 Returns {direction: {map name: {key bytes: value bytes}}} in the layouts of
-`compiler.layout`. When a peer joins or leaves a group, only these entries
+`datapath.layout`. When a peer joins or leaves a group, only these entries
 change; the program and its hash stay the same. Only the pod's own families
 appear: a dual-stack peer's IPv6 address means nothing to an IPv4-only pod,
 whose programs have no IPv6 maps.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tailor.operator.compiler import layout
+from tailor.datapath import layout
 from tailor.operator.compiler.program import group_count
 from tailor.operator.compiler.spec import DIRECTIONS, ProgramSpec
 

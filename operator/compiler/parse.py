@@ -9,7 +9,8 @@ Malformed packets jump to the drop label: tailor fails closed.
 from __future__ import annotations
 
 from tailor.datapath.ebpf.builder import Builder, R1, R2, R3, R4, R5, R6, R7, R8, R10
-from tailor.operator.compiler import labels, layout
+from tailor.datapath import layout
+from tailor.operator.compiler import labels
 
 L4_WITH_PORTS = (6, 17, 132)       # TCP, UDP, SCTP: ports at offsets 0 and 2
 IPPROTO_ICMPV6 = 58

@@ -26,7 +26,8 @@ import ipaddress
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R6, R9, R10
 from tailor.datapath.ebpf.maps import MapSpec
-from tailor.operator.compiler import conntrack, forward, labels, layout, parse, rules
+from tailor.datapath import layout
+from tailor.operator.compiler import conntrack, forward, labels, parse, rules
 from tailor.operator.compiler.spec import (EGRESS, INGRESS, Cidr, Direction, Group, NamedPort,
                                            ProgramSpec, TierKind)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tailor.operator.cluster.adminpolicy import AdminPeer, AdminPolicy, AdminRule
+from tailor.operator.cluster.adminpolicy import AdminPeer, AdminPolicy, AdminRule, PeerKind
 from tailor.operator.cluster.networkpolicy import NetworkPolicy, Peer as NpPeer
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.ports import PROTOCOL_NAMES, PROTOCOL_NUMBERS, PROTOCOLS, PortMatch
@@ -131,10 +131,10 @@ def _admin_rules(state: ClusterState, policy: AdminPolicy, acc: _Direction) -> l
 
 
 def _admin_peers(state: ClusterState, peer: AdminPeer, acc: _Direction):
-    if peer.kind == "networks":
+    if peer.kind is PeerKind.NETWORKS:
         return [S.Cidr(str(net)) for net in peer.networks]
-    if peer.kind == "nodes":
-        identity = ("nodes", peer.node_selector)
+    if peer.kind is PeerKind.NODES:
+        identity = (PeerKind.NODES, peer.node_selector)
         return [acc.group(identity, lambda: sorted(
             ip for node in state.nodes.values() if peer.node_selector.matches(node.labels)
             for ip in node.ips))]

@@ -14,7 +14,8 @@ import ipaddress
 import itertools
 
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R7, R8, R9, R10
-from tailor.operator.compiler import labels, layout
+from tailor.datapath import layout
+from tailor.operator.compiler import labels
 from tailor.operator.compiler.spec import (ANY_PEER, Action, Cidr, Direction, Group, NamedPort,
                                            PortRange, Rule, TierKind)
 

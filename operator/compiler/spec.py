@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-INGRESS = "ingress"
-EGRESS = "egress"
-DIRECTIONS = (INGRESS, EGRESS)
+from tailor.datapath.layout import DIRECTIONS, EGRESS, INGRESS  # noqa: F401 - the compiler's names for them
 
 
 class Action(enum.Enum):

@@ -8,7 +8,8 @@ something is a plain function or a lock-guarded object free of kopf.
 Modules, from the API to the agents:
     handlers     kopf registrations (indexes, events, startup/cleanup, probe)
     events       watch events -> model changes + affected pods (pure)
-    engine       the shared state behind one lock: model, desired, pending, views
+    engine       the shared state behind one lock: model, desired, pending, reports, hand-offs
+    views        what each PodProgram says (one View per pod), held by the engine
     source       ProgramSource.ProgramFor: the CNI hand-off (gRPC server)
     pusher       thread: pending pods -> Apply / UpdateMaps / Remove
     reconcile    thread: List each agent, repair drift, remove orphans

@@ -70,10 +70,7 @@ def request_for(work: engine_.Work):
         return pb.ApplyRequest(program=wire.to_proto(work.namespace, work.name, work.uid,
                                                      push.programs, push.entries, work.addresses))
     if work.rpc == engine_.UPDATE_MAPS:
-        return pb.UpdateMapsRequest(pod=ref, maps=[
-            pb.MapContents(direction=d, map=m, entries=[pb.MapEntry(key=k, value=v)
-                                                        for k, v in sorted(table.items())])
-            for d, tables in sorted(work.maps.items()) for m, table in sorted(tables.items())])
+        return pb.UpdateMapsRequest(pod=ref, maps=wire.map_contents(work.maps))
     return pb.RemoveRequest(pod=ref)
 
 

@@ -1,8 +1,11 @@
 """The operator's shared state behind one lock: the model (events.World),
-what each agent should hold (desired.Desired), which pods wait for a push,
-what the agents last reported, and what each PodProgram should say.
+what each agent should hold (desired.Desired), which pods wait for a push
+and which for a retry, what the agents last reported, and the pods handed
+out at CNI ADD that their agent has not confirmed yet. What each PodProgram
+should say is views.Views, which the engine holds and keeps up to date
+under the same lock.
 
-Called from three sides at once, and free of kopf, gRPC and the API:
+Called from several sides at once, and free of kopf, gRPC and the API:
   - the kopf handlers (asyncio loop): `event()`, `load()`. They translate
     and mark the affected pods pending; they never compile, never wait on I/O;
   - source.ProgramSource (gRPC threads): `program_for()`, the CNI hand-off,
@@ -10,7 +13,8 @@ Called from three sides at once, and free of kopf, gRPC and the API:
   - the pusher thread: `take()` plans (compiles) a chunk of pending pods,
     `done()`/`failed()` record the outcome; the reconcile thread:
     `reported()` compares an agent's List with what it should hold;
-  - the PodProgram writer (asyncio): `take_views()`.
+  - the PodProgram writer (asyncio): `take_views()`, `redo_view()`; the
+    metrics: `summary()`, `states()`.
 
 The lock is held for short steps only: one event, one pod's hand-off, one
 chunk of planning. Sending happens outside it.
@@ -23,11 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from tailor.operator import desired, policy
+from tailor.operator import desired
 from tailor.operator.compiler import mapdata, program, resolve
-from tailor.operator.controller import events
+from tailor.operator.controller import events, views
 
-PENDING, LOADED, FAILED = "Pending", "Loaded", "Failed"
+# An agent's report speaks a PodProgram's states (agents.py maps them).
+PENDING, LOADED, FAILED = views.PENDING, views.LOADED, views.FAILED
 APPLY, UPDATE_MAPS, REMOVE = "Apply", "UpdateMaps", "Remove"
 REMOVE_ATTEMPTS = 10     # a Remove for an agent that never answers is dropped after this
 # A pod handed out at CNI ADD that its agent does not list yet is still being
@@ -39,22 +44,6 @@ HANDOFF_GRACE = 30.0
 class NotReady(Exception):
     """The initial listing is not complete: a program compiled now could miss
     a policy and allow too much. The agent asks again."""
-
-
-@dataclasses.dataclass
-class View:
-    """What a pod's PodProgram status says (podprograms.py writes it)."""
-    namespace: str
-    name: str
-    uid: str
-    node: str | None
-    hash: str | None = None
-    features: tuple[str, ...] = ()
-    instructions: int = 0
-    policies: tuple[str, ...] = ()
-    state: str = PENDING
-    message: str = ""
-    observed_hash: str | None = None     # what the agent confirmed in force
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +105,11 @@ class Engine:
         # hold it yet, so a change is sent whole (Apply), never as UpdateMaps.
         self._handed: set[str] = set()
         self._handed_at: dict[str, float] = {}               # ref -> when last handed out
-        self._views: dict[str, View] = {}
-        self._dirty: dict[str, View | None] = {}             # ref -> new view (None: gone)
         self.counters: collections.Counter = collections.Counter()
         self.errors: collections.deque = collections.deque(maxlen=50)
         self.on_views: Callable[[], None] = lambda: None    # the writer's wake-up
+        # Through a lambda, not on_views itself: app replaces on_views after this.
+        self.views = views.Views(self.world, on_change=lambda: self.on_views())
         self.on_agents: Callable[[set[str]], None] = lambda nodes: None   # agents moved
 
     # -- kopf side ---------------------------------------------------------------------
@@ -194,7 +183,7 @@ class Engine:
             try:
                 programs = program.compile_pod(spec)
             except program.CompileError as e:
-                self._set_view(pod, uid, state=FAILED, message=f"cannot compile: {e}")
+                self.views.set(pod, uid, state=FAILED, message=f"cannot compile: {e}")
                 raise
             entries = mapdata.entries(spec)
             self.desired.given(pod.ref, node, programs, entries, spec)
@@ -206,7 +195,7 @@ class Engine:
             self.counters["handed"] += 1
             self._handed.add(pod.ref)
             self._handed_at[pod.ref] = self.clock()
-            self._set_view(pod, uid, programs=programs, state=PENDING,
+            self.views.set(pod, uid, programs=programs, state=PENDING,
                            message=f"handed to the agent on node {node} at CNI ADD")
             self._wake.notify_all()
             return pod, uid, programs, entries
@@ -265,11 +254,11 @@ class Engine:
             pod = state.find_pod(push.pod)
             uid = self.world.uids.get(pod.ref, "")
             if push.error is not None:
-                self._set_view(pod, uid, state=FAILED, message=f"cannot compile: {push.error}")
+                self.views.set(pod, uid, state=FAILED, message=f"cannot compile: {push.error}")
                 self.counters["compile errors"] += 1
                 continue
             self.counters["compiled"] += 1
-            self._set_view(pod, uid, programs=push.programs)
+            self.views.set(pod, uid, programs=push.programs)
             if pod.node is None:
                 continue                           # not scheduled: nobody to send to
             self._uids[pod.ref] = uid
@@ -308,7 +297,7 @@ class Engine:
                 self._uids.pop(work.pod, None)
                 self._forget_handed(work.pod)
                 return
-            view = self._views.get(work.pod)
+            view = self.views.get(work.pod)
             if view is None:
                 return
             if status is not None:
@@ -338,9 +327,9 @@ class Engine:
             delay = min(self.retry_first * 2 ** failures, self.retry_max)
             self._retry[work.pod] = (failures + 1, self.clock() + delay)
             self._wake.notify_all()
-            view = self._views.get(work.pod)
+            view = self.views.get(work.pod)
             if view is not None and work.rpc != REMOVE:
-                self._update_view(work.pod, message=f"agent on node {work.node}: {code}: {details}; "
+                self.views.update(work.pod, message=f"agent on node {work.node}: {code}: {details}; "
                                                     f"retrying in {delay:.1f}s")
 
     # -- the reconcile loop ------------------------------------------------------------
@@ -368,10 +357,9 @@ class Engine:
                     self.counters["repairs"] += 1
             for key, report in held.items():
                 ref = f"{key}[Pod]"
-                if ref in self._views:
-                    view = self._views[ref]
-                    if not report.uid or report.uid == view.uid:
-                        self._observe(ref, report)
+                view = self.views.get(ref)
+                if view is not None and (not report.uid or report.uid == view.uid):
+                    self._observe(ref, report)
             orphans = []
             sent = self.desired.sent_to(node)
             for key, report in sorted(held.items()):
@@ -388,97 +376,50 @@ class Engine:
             return orphans
 
     def _observe(self, ref: str, report: Report) -> None:
-        """A view from what the agent says it holds."""
-        view = self._views[ref]
+        """What the agent says it holds: the view follows it."""
         if report.state == LOADED:
+            # The agent has the pod: a later change may go as UpdateMaps.
             self._handed.discard(ref)
-        if report.state == FAILED:
-            self._update_view(ref, state=FAILED, observed_hash=report.hash or view.observed_hash,
-                              message=report.message or "the agent refused the program")
-        elif report.state == LOADED and report.hash == view.hash:
-            self._update_view(ref, state=LOADED, observed_hash=report.hash, message="")
-        elif report.state == LOADED:
-            self._update_view(ref, state=PENDING, observed_hash=report.hash,
-                              message=f"the agent holds {report.hash}; {view.hash} is on its way")
-        else:
-            # The agent holds it, the pod is not wired there (yet).
-            self._update_view(ref, state=PENDING, observed_hash=report.hash or view.observed_hash,
-                              message=report.message or "the agent has the program")
-
-    # -- views (PodProgram status) -----------------------------------------------------
-
-    def _set_view(self, pod, uid: str, programs: program.PodPrograms | None = None, **fields) -> None:
-        """A pod's view after planning or a hand-off (state from the last report)."""
-        old = self._views.get(pod.ref)
-        if old is not None and old.uid != uid:
-            old = None
-        view = dataclasses.replace(old) if old else View(pod.namespace, pod.name, uid, pod.node)
-        view.node = pod.node
-        if programs is not None:
-            if "state" not in fields and view.hash != programs.hash:
-                # A new program: Loaded only once the agent says it holds it
-                # (an Apply's answer, a List); the same program keeps its state.
-                fields = {"state": PENDING, "message": f"compiled; on its way to the agent on "
-                                                       f"node {pod.node}", **fields}
-            view.hash = programs.hash
-            view.features = tuple(programs.features)
-            view.instructions = programs.instructions
-            selecting = policy.policies_selecting(self.world.state, pod)
-            view.policies = tuple(
-                [f"{p.kind}/{p.name}" for p in selecting.admin]
-                + [f"NetworkPolicy/{p.namespace}/{p.name}" for p in selecting.network]
-                + ([f"BaselineAdminNetworkPolicy/{selecting.baseline.name}"] if selecting.baseline else []))
-        for name, value in fields.items():
-            setattr(view, name, value)
-        self._store_view(pod.ref, view)
-
-    def _update_view(self, ref: str, **fields) -> None:
-        view = dataclasses.replace(self._views[ref], **fields)
-        self._store_view(ref, view)
-
-    def _store_view(self, ref: str, view: View) -> None:
-        if self._views.get(ref) == view:
-            return
-        self._views[ref] = view
-        self._dirty[ref] = view
-        self.on_views()
+        self.views.observe(ref, report.state, report.hash, report.message)
 
     def _drop_views(self, refs: Iterable[str] | None = None) -> None:
-        """Views of pods that left the model (of `refs`, default all): their
-        PodPrograms go too."""
-        for ref in [r for r in (self._views if refs is None else refs)
-                    if r in self._views and r not in self.world.uids]:
-            self._views.pop(ref)
-            self._dirty[ref] = None
+        """Pods that left the model (of `refs`, default all): their views and
+        PodPrograms go, and so does any hand-off of theirs."""
+        for ref in self.views.drop(refs):
             self._forget_handed(ref)
-            self.on_views()
 
     def _forget_handed(self, ref: str) -> None:
         self._handed.discard(ref)
         self._handed_at.pop(ref, None)
 
-    def take_views(self) -> list[tuple[str, View | None]]:
+    # -- views (PodProgram status), read under the lock ---------------------------------
+
+    def take_views(self) -> list[tuple[str, views.View | None]]:
         """The views that changed since the last call (None: the pod is gone)."""
         with self._lock:
             self._drop_views()
-            out = sorted(self._dirty.items(), key=lambda kv: kv[0])
-            self._dirty.clear()
-            return out
-
-    def gone_view(self, ref: str) -> View | None:
-        with self._lock:
-            return self._views.get(ref)
+            return self.views.take()
 
     def redo_view(self, ref: str) -> None:
         """Writing a view failed: write it again next time."""
         with self._lock:
-            self._dirty.setdefault(ref, self._views.get(ref))
+            self.views.redo(ref)
+
+    def view(self, ref: str) -> views.View | None:
+        with self._lock:
+            return self.views.get(ref)
+
+    def states(self) -> dict[str, int]:
+        """PodPrograms by state."""
+        with self._lock:
+            return self.views.states()
+
+    def views_pending(self) -> int:
+        """Views changed and not yet taken by the writer."""
+        with self._lock:
+            return self.views.pending()
 
     # -- lookups -----------------------------------------------------------------------
-
-    def view(self, ref: str) -> View | None:
-        with self._lock:
-            return self._views.get(ref)
 
     def agent_address(self, node: str) -> str | None:
         with self._lock:
@@ -490,16 +431,6 @@ class Engine:
             nodes = self.world.agent_nodes()
             nodes |= {p.node for p in self.world.state.pods.values() if p.node}
             return nodes
-
-    def states(self) -> dict[str, int]:
-        """PodPrograms by state."""
-        with self._lock:
-            return dict(collections.Counter(v.state for v in self._views.values()))
-
-    def views_pending(self) -> int:
-        """Views changed and not yet taken by the writer."""
-        with self._lock:
-            return len(self._dirty)
 
     def idle(self) -> bool:
         """Nothing pending, nothing waiting for a retry (tests, probes)."""

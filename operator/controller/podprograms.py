@@ -2,8 +2,8 @@
 pods: what `kubectl get pp` and `kubectl describe pod` show.
 
 Called by app.Controller, which runs Writer.run() as a task in the kopf
-loop. The engine keeps one View per pod and marks the ones that change;
-the writer takes them and writes, several at once:
+loop. The engine keeps one views.View per pod and marks the ones that
+change; the writer takes them (engine.take_views) and writes, several at once:
   - a new pod: POST the PodProgram (same namespace and name as the pod,
     spec.podName/podUID, an ownerReference to the pod so the garbage
     collector deletes it with the pod), then its status;
@@ -23,6 +23,7 @@ import logging
 import uuid
 
 from tailor.operator.controller import engine as engine_
+from tailor.operator.controller import views
 from tailor.operator.controller.kube import ApiError, KubeClient
 
 log = logging.getLogger("tailor.operator.podprograms")
@@ -38,12 +39,12 @@ def path(namespace: str, name: str | None = None, status: bool = False) -> str:
     return f"{base}/{name}" + ("/status" if status else "")
 
 
-def owner(view: engine_.View) -> list[dict]:
+def owner(view: views.View) -> list[dict]:
     return [{"apiVersion": "v1", "kind": "Pod", "name": view.name, "uid": view.uid,
              "controller": True, "blockOwnerDeletion": False}]
 
 
-def body(view: engine_.View) -> dict:
+def body(view: views.View) -> dict:
     """The PodProgram object for a pod (status is written separately)."""
     meta = {"name": view.name, "namespace": view.namespace,
             "labels": {"app.kubernetes.io/managed-by": COMPONENT}}
@@ -55,7 +56,7 @@ def body(view: engine_.View) -> dict:
             "spec": {"podName": view.name, "podUID": view.uid}}
 
 
-def status(view: engine_.View, generation: int | None, since: str) -> dict:
+def status(view: views.View, generation: int | None, since: str) -> dict:
     """The status block for `view`; `since` is when the state last changed."""
     out = {
         "node": view.node or "",
@@ -69,7 +70,7 @@ def status(view: engine_.View, generation: int | None, since: str) -> dict:
         "observedHash": view.observed_hash or "",
         "conditions": [{
             "type": "Loaded",
-            "status": {engine_.LOADED: "True", engine_.FAILED: "False"}.get(view.state, "Unknown"),
+            "status": {views.LOADED: "True", views.FAILED: "False"}.get(view.state, "Unknown"),
             "reason": view.state, "message": view.message, "lastTransitionTime": since}],
     }
     if generation is not None:
@@ -82,7 +83,7 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def event(view: engine_.View, reason: str, message: str, kind: str = "Warning") -> dict:
+def event(view: views.View, reason: str, message: str, kind: str = "Warning") -> dict:
     """A core/v1 Event about the pod."""
     stamp = now()
     return {"apiVersion": "v1", "kind": "Event",
@@ -158,7 +159,7 @@ class Writer:
             except Exception as e:   # noqa: BLE001 - shutting down: log only
                 log.warning("PodProgram %s: %s", ref, e)
 
-    async def _write(self, ref: str, view: engine_.View | None) -> None:
+    async def _write(self, ref: str, view: views.View | None) -> None:
         if view is None:
             namespace, name = ref.split("[", 1)[0].split("/", 1)
             self._created.pop(ref, None)
@@ -182,7 +183,7 @@ class Writer:
         await self.kube.merge_patch(path(view.namespace, view.name, status=True),
                                     {"status": status(view, generation, since)})
         self.written += 1
-        if view.state == engine_.FAILED and self.post_events:
+        if view.state == views.FAILED and self.post_events:
             key = (view.uid, view.hash or "", view.message)
             if key not in self._warned:
                 self._warned.add(key)
@@ -190,7 +191,7 @@ class Writer:
                                        event(view, "ProgramFailed", view.message))
                 self.events_posted += 1
 
-    async def _create(self, view: engine_.View) -> int | None:
+    async def _create(self, view: views.View) -> int | None:
         """Create the PodProgram, or take over the one there (an earlier
         operator's, or an earlier pod's of the same name). Returns its generation."""
         try:

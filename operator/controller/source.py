@@ -73,12 +73,15 @@ class ProgramSource(pb_grpc.ProgramSourceServicer):
 
 
 def serve(engine: engine_.Engine, listen: str, handed: Callable[[str], None] = lambda node: None,
-          *, workers: int = 16) -> tuple[grpc.Server, int]:
-    """Start the ProgramSource on `listen` (host:port or unix:/path).
+          *, workers: int = 16, extra_handlers=()) -> tuple[grpc.Server, int]:
+    """Start the ProgramSource on `listen` (host:port or unix:/path), with
+    `extra_handlers` (generic gRPC handlers: the lab's Sync) beside it.
     Returns the server and the bound port (0 for unix sockets)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="tailor-source"))
     pb_grpc.add_ProgramSourceServicer_to_server(ProgramSource(engine, handed), server)
+    if extra_handlers:
+        server.add_generic_rpc_handlers(tuple(extra_handlers))
     port = server.add_insecure_port(listen)
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}")

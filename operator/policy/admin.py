@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from tailor.operator.cluster.adminpolicy import AdminPeer, AdminPolicy, AdminRule
+from tailor.operator.cluster.adminpolicy import AdminPeer, AdminPolicy, AdminRule, PeerKind
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.policy import verdict
@@ -91,10 +91,10 @@ def rule_matches(state: ClusterState, rule: AdminRule, peer: Endpoint, protocol:
 
 
 def peer_matches(state: ClusterState, peer: AdminPeer, end: Endpoint) -> bool:
-    if peer.kind == "networks":
+    if peer.kind is PeerKind.NETWORKS:
         addr = ipaddress.ip_address(end.ip)
         return any(addr.version == net.version and addr in net for net in peer.networks)
-    if peer.kind == "nodes":
+    if peer.kind is PeerKind.NODES:
         return any(end.ip in node.ips for node in state.nodes.values()
                    if peer.node_selector.matches(node.labels))
     # namespaces / pods select cluster pods only.

@@ -15,7 +15,7 @@ from tailor.datapath.agent import core, server, source, wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as rpc
 from tailor.datapath.agent.backends import base, emulated
-from tailor.operator.compiler import layout
+from tailor.datapath import layout
 
 
 def endpoint(name: str, index: int) -> base.Endpoint:

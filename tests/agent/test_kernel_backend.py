@@ -17,7 +17,7 @@ from tailor.datapath.agent import wire
 from tailor.datapath.agent.backends import base
 from tailor.datapath.agent.backends import kernel as kb
 from tailor.datapath.ebpf import kernel
-from tailor.operator.compiler import layout
+from tailor.datapath import layout
 
 pytestmark = pytest.mark.kernel
 
@@ -129,8 +129,8 @@ def test_same_hash_is_no_reload_and_new_hash_swaps_without_loss(lab, roots, rece
     assert changed and state.hash == v2["server"].hash
     after = b.link_ids("app/server")
     # Same links, new programs.
-    assert [after[d][0] for d in base.DIRECTIONS] == [before[d][0] for d in base.DIRECTIONS]
-    assert all(after[d][1] != before[d][1] for d in base.DIRECTIONS)
+    assert [after[d][0] for d in layout.DIRECTIONS] == [before[d][0] for d in layout.DIRECTIONS]
+    assert all(after[d][1] != before[d][1] for d in layout.DIRECTIONS)
     assert lost == 0, f"{lost} of 1500 datagrams lost while the program was swapped"
     assert lab.probe("client", "server", "TCP", 8080)         # the new policy is in force
     pod_dir = os.path.join(roots[0], "pods", "app_server_uid-server")
@@ -285,8 +285,8 @@ def test_swap_cut_short_is_finished_on_adoption(lab, roots, received, monkeypatc
     b2 = kb.KernelBackend("test", bpffs_root=roots[0], state_dir=roots[1], netns=lab.node)
     b2.start()
     assert b2.state("app/server").hash == v2["server"].hash
-    assert [b2.link_ids("app/server")[d][0] for d in base.DIRECTIONS] == \
-        [links[d][0] for d in base.DIRECTIONS]
+    assert [b2.link_ids("app/server")[d][0] for d in layout.DIRECTIONS] == \
+        [links[d][0] for d in layout.DIRECTIONS]
     assert not any(n.endswith("_next") for n in kernel_lab.tree(roots[0]))
     assert lab.probe("client", "server", "TCP", 8080)
     for name in world.ADDRESSES:

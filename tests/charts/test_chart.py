@@ -36,7 +36,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/tailor"
 sys.path.insert(0, str(ROOT / "tests/operator"))   # the kmock emulator and kubectl runner
-from tailor.datapath.lab import kube_resources  # noqa: E402
+from tailor.lab.apiserver import resources  # noqa: E402
 import kubectl_harness  # noqa: E402
 
 try:
@@ -61,7 +61,7 @@ INFO, WARNING, ERROR = 1, 2, 3
 # --- the CRD ------------------------------------------------------------------
 
 def crd() -> dict:
-    return kube_resources.read_crd(kube_resources.PODPROGRAMS_CRD)
+    return resources.read_crd(resources.PODPROGRAMS_CRD)
 
 
 def test_crd_names_scope_and_version():
@@ -110,8 +110,8 @@ def test_crd_schema_describes_spec_and_status():
 
 
 def test_kopf_peering_crd():
-    peering = kube_resources.read_crd(CHART / "crds/clusterkopfpeerings.kopf.dev.yaml")
-    (served,) = kube_resources.custom_resources(peering)
+    peering = resources.read_crd(CHART / "crds/clusterkopfpeerings.kopf.dev.yaml")
+    (served,) = resources.custom_resources(peering)
     assert (served.group, served.version, served.plural, served.kind, served.namespaced) == \
         ("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", False)
 

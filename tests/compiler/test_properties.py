@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 import cluster_strategies as cs
 from tailor.datapath import packets as pk
 from tailor.datapath import trace
+from tailor.operator import tracing
 from tailor.datapath.ebpf import isa
 from tailor.operator import policy
 from tailor.operator.cluster.ports import MAX_PORT, MIN_PORT, PROTOCOLS
@@ -79,7 +80,7 @@ def compilable(state: ClusterState) -> ClusterState:
 def loaded(state: ClusterState, engine: str):
     """Every pod compiled and loaded into one node of `engine`."""
     built = build.build(state)
-    node = trace.Node(trace.engine(engine))
+    node = tracing.Node(trace.engine(engine))
     try:
         for b in built.values():
             node.add(b.spec, b.programs)
@@ -88,11 +89,11 @@ def loaded(state: ClusterState, engine: str):
         node.close()
 
 
-def run(node: trace.Node, built, src, dst, protocol: str, port: int, flow=None) -> trace.Trace:
+def run(node: tracing.Node, built, src, dst, protocol: str, port: int, flow=None) -> tracing.Trace:
     """The connection src -> dst traced from clean connection state, over
     `flow` or else the family `flow_between` picks (IPv4 first)."""
     if flow is None:
-        flow = trace.flow_between(built[src.ref].spec, built[dst.ref].spec, protocol, port)
+        flow = tracing.flow_between(built[src.ref].spec, built[dst.ref].spec, protocol, port)
     node.reset_conntrack()
     return node.trace(src.ref, dst.ref, flow)
 
@@ -103,7 +104,7 @@ def flows(built, src, dst, protocol: str, port: int):
     s, d = built[src.ref].spec, built[dst.ref].spec
     for family, a, b in ((4, s.ipv4, d.ipv4), (6, s.ipv6, d.ipv6)):
         if a and b:
-            yield family, pk.Flow(a, b, protocol, trace.CLIENT_PORT, port)
+            yield family, pk.Flow(a, b, protocol, tracing.CLIENT_PORT, port)
 
 
 def pairs(state: ClusterState):
@@ -120,7 +121,7 @@ def probe_ports(state: ClusterState, dst, protocol: str) -> list[int]:
     return sorted(p for p in near if MIN_PORT <= p <= MAX_PORT)
 
 
-def describe(state, src, dst, protocol, port, family, got: trace.Trace) -> str:
+def describe(state, src, dst, protocol, port, family, got: tracing.Trace) -> str:
     steps = ", ".join(f"{s.pod} {s.direction}={s.retval}" for s in got.steps)
     model = policy.connection_verdict(state, src, dst, protocol, port, family)
     return f"{src.ref} -> {dst.ref} {protocol}/{port} IPv{family}: model {model}; programs {steps}"

@@ -129,12 +129,13 @@ def _scale_state(peers: int, rules: int) -> ClusterState:
 @pytest.mark.kernel
 def test_1000_peers_and_100_rules_pass_the_verifier():
     from tailor.datapath import trace
+    from tailor.operator import tracing
 
     state = _scale_state(1000, 100)
     built = build.build(state)["app/p[Pod]"]
     peers = mapdata.entries(built.spec)["ingress"]["peers4"]
     assert len(peers) == 1000
-    node = trace.Node(trace.engine("kernel"))
+    node = tracing.Node(trace.engine("kernel"))
     try:
         node.add(built.spec, built.programs)      # raises VerifierError on rejection
     finally:

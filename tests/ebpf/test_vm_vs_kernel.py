@@ -14,7 +14,7 @@ from tailor.datapath.ebpf.maps import MapSpec, MapType, F_NO_PREALLOC
 from tailor.datapath.ebpf.vm import SkbContext, VmMap, run
 from tailor.datapath.ebpf.vm import helpers as H
 
-from test_vm import (EXIT, alu, call, jmp, ld64, ldx, mov64, movr, st, stx)
+from vm_asm import (EXIT, alu, call, jmp, ld64, ldx, mov64, movr, st, stx)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.differential]
 

@@ -7,8 +7,10 @@ import os
 
 import pytest
 
-from tailor.datapath.lab import lab, probe, processes
-from tailor.datapath.lab import state as state_
+from tailor.lab import lab
+from tailor.lab.probing import probe
+from tailor.lab import processes
+from tailor.lab import state as state_
 from tailor.operator.cluster import manifests
 from tailor.operator.policy import reachability
 

@@ -17,8 +17,11 @@ import pytest
 
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
-from tailor.datapath.lab import lab, netns, probe, processes
-from tailor.datapath.lab import state as state_
+from tailor.lab import lab
+from tailor.lab import netns
+from tailor.lab.probing import probe
+from tailor.lab import processes
+from tailor.lab import state as state_
 from tailor.operator.cluster import manifests
 from tailor.operator.policy import reachability
 
@@ -111,13 +114,13 @@ def test_agent_kill_9_keeps_a_tcp_stream_and_adopts_its_pods(up):
     data = state_.load(NAME)
     src, dst = state_.pod(data, "x/c"), state_.pod(data, "x/b")   # node1 -> node2, TCP 80 allowed
     assert (src["node"], dst["node"]) == ("node1", "node2")
-    server = subprocess.Popen(netns.exec_argv(dst["netns"], [sys.executable, "-m", "tailor.datapath.lab.serve",
+    server = subprocess.Popen(netns.exec_argv(dst["netns"], [sys.executable, "-m", "tailor.lab.probing.serve",
                                                              "--tcp", "80"]), stdout=subprocess.PIPE, text=True)
     client = None
     try:
         assert server.stdout.readline().strip() == "ready"
         client = subprocess.Popen(netns.exec_argv(src["netns"], [
-            sys.executable, "-m", "tailor.datapath.lab.dial", "--stream", dst["addresses"][0], "80",
+            sys.executable, "-m", "tailor.lab.probing.dial", "--stream", dst["addresses"][0], "80",
             "--seconds", "4", "--interval", "0.05"]), stdout=subprocess.PIPE, text=True)
         assert client.stdout.readline().strip() == "connected"
         time.sleep(0.7)

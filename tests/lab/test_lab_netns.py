@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tailor.datapath.lab import netns
+from tailor.lab import netns
 
 pytestmark = pytest.mark.kernel
 LAB = "tnet"
@@ -44,12 +44,12 @@ def underlay():
 
 
 def _echo(src_netns: str, dst_netns: str, address: str) -> str:
-    server = subprocess.Popen(netns.exec_argv(dst_netns, [sys.executable, "-m", "tailor.datapath.lab.serve",
+    server = subprocess.Popen(netns.exec_argv(dst_netns, [sys.executable, "-m", "tailor.lab.probing.serve",
                                                           "--udp", "7777"]),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
-        out = subprocess.run(netns.exec_argv(src_netns, [sys.executable, "-m", "tailor.datapath.lab.dial"]),
+        out = subprocess.run(netns.exec_argv(src_netns, [sys.executable, "-m", "tailor.lab.probing.dial"]),
                              input=json.dumps([{"id": 0, "address": address, "protocol": "UDP", "port": 7777}]),
                              capture_output=True, text=True, check=True).stdout
         return json.loads(out)["0"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from tailor.datapath.lab import objects
-from tailor.datapath.lab import plan as plan_
+from tailor.lab.control import objects
+from tailor.lab import plan as plan_
 from tailor.operator.cluster import manifests
 
 HERE = os.path.dirname(__file__)

@@ -22,8 +22,12 @@ import pytest
 import yaml
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
-from tailor.datapath.lab import lab, objects, operated, probe, processes
-from tailor.datapath.lab import state as state_
+from tailor.lab import agents, lab
+from tailor.lab.control import objects
+from tailor.lab.control import operated
+from tailor.lab.probing import probe
+from tailor.lab import processes
+from tailor.lab import state as state_
 from tailor.operator.compiler import build
 
 pytestmark = [pytest.mark.kernel, pytest.mark.operator]
@@ -65,7 +69,7 @@ def _compiled(data: dict, manifests: list[str] | None = None) -> dict[str, build
 
 def _check_matches_compiler(data: dict, compiled: dict[str, build.Built]) -> None:
     pps = operated.podprograms(data)
-    held = lab.held(data)
+    held = agents.held(data)
     assert set(pps) == {_pod_key(p) for p in data["pods"]}
     for pod in data["pods"]:
         key = _pod_key(pod)
@@ -105,7 +109,7 @@ def test_real_traffic_equals_the_model(up):
 
 def test_a_policy_edit_through_the_api_reloads_exactly_its_subjects(current, tmp_path):
     data = state_.load(NAME)
-    before = lab.held(data)
+    before = agents.held(data)
     # x/a: allow y on TCP 81 instead of 80.
     docs = list(yaml.safe_load_all(open(current["policies"])))
     edited = copy.deepcopy(docs)
@@ -115,8 +119,8 @@ def test_a_policy_edit_through_the_api_reloads_exactly_its_subjects(current, tmp
     seen = operated.events(data)
     operated.client(data).patch(objects.path("NetworkPolicy", "x", "a-from-y"),
                                 {"spec": edited[0]["spec"]})
-    operated.sync(data, lambda: lab.held(data), events_after=seen)
-    after = lab.held(data)
+    operated.sync(data, lambda: agents.held(data), events_after=seen)
+    after = agents.held(data)
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"x/a"}
     current["policies"] = str(path)
@@ -131,13 +135,13 @@ def test_a_label_change_through_the_api_moves_a_pod_out_of_a_policy(current, tmp
     relabel x/b, and z/c's program changes (its peer set lost x/b) while x/b's
     own program stays; traffic z/c -> x/b UDP stops."""
     data = state_.load(NAME)
-    before = lab.held(data)
+    before = agents.held(data)
     assert {"src": "z/c[Pod]", "dst": "x/b[Pod]", "protocol": "UDP", "ports": "81"} in probe.run(data)["connections"]
     seen, sent = operated.events(data), operated.metrics(data)["tailor_operator_map_updates_total"]
     operated.client(data).patch(objects.path("Pod", "x", "b"), {"metadata": {"labels": {"pod": "b2"}}})
-    operated.sync(data, lambda: lab.held(data), events_after=seen)
+    operated.sync(data, lambda: agents.held(data), events_after=seen)
     assert operated.metrics(data)["tailor_operator_map_updates_total"] > sent   # z/c's peers
-    after = lab.held(data)
+    after = agents.held(data)
     # Peers live in maps: a selector's member leaving updates z/c's maps, not its program.
     assert after == before
     topology = list(yaml.safe_load_all(open(current["topology"])))
@@ -176,7 +180,7 @@ def test_an_operator_restart_reloads_no_kernel_program(current):
     assert processes.stop(data, "operator")
     processes.restart(data, "operator")
     processes.wait_socket(data, "operator", processes.source_socket(data))
-    counters = operated.sync(data, lambda: lab.held(data))
+    counters = operated.sync(data, lambda: agents.held(data))
     assert counters["applies"] == 0 and counters["repairs"] == 0     # adopted, not loaded again
     assert _program_ids(data) == before
     _probe_equals_model(data, [current["topology"], current["policies"]])

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tailor.datapath.lab import plan
+from tailor.lab import plan
 from tailor.operator.cluster import manifests
 
 HERE = os.path.dirname(__file__)

@@ -1,6 +1,6 @@
 """kubectl against the API emulator: the real kubectl binary, run as a
 subprocess, talking HTTP to an in-process fake API server
-(tailor.datapath.lab.apiserver: kmock plus what kubectl reads).
+(tailor.lab.apiserver: kmock plus what kubectl reads).
 
 Used by test_kubectl.py and tests/charts, which check what a user would see
 (`kubectl get pp -A`) after the operator wrote its PodPrograms:
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import kmock
 import yaml
-from tailor.datapath.lab.apiserver import Emulator, declare_all, kubeconfig
+from tailor.lab.apiserver import Emulator, declare_all, kubeconfig
 
 KUBECTL = shutil.which("kubectl")
 # Verbs that validate their input against OpenAPI schemas unless told not to.

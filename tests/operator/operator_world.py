@@ -1,19 +1,21 @@
 """A small cluster for the operator's end-to-end tests, all in-process:
 
-  - Kube: the lab's API server (tailor.datapath.lab.apiserver: kmock plus
-    what kopf and kubectl need) over real HTTP, on its own event loop in a
-    background thread; the tests call it synchronously;
-  - Agent: one node agent per node (agent core + emulated backend + the
-    gRPC Agent service), asking the operator's ProgramSource at "CNI ADD"
-    exactly as the real CNI path does (`wire` hands the core a synthetic
-    endpoint through `attach_pod`, as the emulated lab does), counting the
-    Apply / UpdateMaps / Remove calls per pod;
+  - Kube: the lab's API server over real HTTP on its own event loop in a
+    background thread, called synchronously (operator_kube.py, which also
+    has RemoteKube: the same in a child process, for the benchmarks);
+  - Agent: one node agent per node with the emulated backend, wired through
+    the real CNI path and counting what it is sent (operator_agents.py);
   - Operator: `app.run()` — kopf, the Lease, the handlers, the pusher, the
-    reconcile loop, the ProgramSource — on its own loop in a thread.
+    reconcile loop, the ProgramSource — on its own loop in a thread;
+  - World: the three together, the objects a test created, and the waits
+    and counts the tests assert on.
 
 Node n1's agent is found through a DaemonSet-style agent pod (hostNetwork,
 container port `grpc`), the others through the node annotation
 `tailor.dev/agent-address` (a unix socket).
+
+Used by test_operator_e2e.py and benchmarks/operator_latency.py
+(`from operator_world import World, eventually`).
 """
 from __future__ import annotations
 
@@ -21,322 +23,19 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 
-import grpc
-import kmock
 import kopf
-from tailor.datapath.agent import core as core_
-from tailor.datapath.agent import server as server_
-from tailor.datapath.agent import source as source_
-from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
-from tailor.datapath.agent.backends.emulated import EmulatedBackend
-from tailor.datapath.lab import emulated as lab_emulated
-from tailor.datapath.lab import kube_resources, objects, operated
-from tailor.datapath.lab.apiserver import ApiError, Client, Emulator, declare_all
+from operator_agents import Agent
+from operator_kube import TIMEOUT, Kube, RemoteKube, eventually, free_port
+from tailor.lab.control import operated
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.controller import app
 from tailor.operator.controller import config as config_
 
-TIMEOUT = 30.0
-
-
-PATHS = {**objects.PATHS, "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"}
-
-
-def url(kind: str, namespace: str | None = None, name: str | None = None) -> str:
-    base = PATHS[kind].format(ns=namespace or "default")
-    return f"{base}/{name}" if name else base
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def eventually(check, timeout: float = TIMEOUT, interval: float = 0.05, what: str = ""):
-    """Call `check` until it returns something truthy; its last value or
-    exception is in the failure."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except AssertionError as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or check}: {last}")
-        time.sleep(interval)
-
-
-class Kube:
-    """kmock on a background loop; synchronous calls from the tests."""
-
-    def __init__(self, admin_policies: bool = True, port: int | None = None):
-        self.port = port
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._admin = admin_policies
-        self.blocked: asyncio.Event | None = None    # set: list/watch requests hang
-        self.thread = threading.Thread(target=self._run, name="kmock", daemon=True)
-        self.thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("kmock did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        self.open = asyncio.Event()
-        self.open.set()
-        async with Emulator() as k, kmock.Server(k, port=self.port) as srv:
-            declare_all(k, admin_policies=self._admin)
-            # While `open` is clear, list and watch requests wait (a dropped
-            # API connection); then they fall through to the emulator.
-            k[kmock.action.LIST] ** 100 << self._gate
-            k[kmock.action.WATCH] ** 100 << self._gate
-            self.emulator, self.server = k, srv
-            self.url = str(srv.url).rstrip("/")
-            self.client = srv.client
-            self._ready.set()
-            await self._stop.wait()
-
-    async def _gate(self, request):
-        await self.open.wait()
-        raise NotImplementedError    # not ours to answer: the emulator's fallbacks do
-
-    @staticmethod
-    def declare_admin_policies(k) -> None:
-        for resource in kube_resources.ADMIN_POLICIES:
-            k.declare(resource)
-
-    def call(self, coro, timeout: float = TIMEOUT):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(10)
-
-    # -- the API, synchronously ---------------------------------------------------------
-
-    async def _request(self, method: str, path: str, body=None, content_type="application/json"):
-        data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type} if body is not None else {}
-        async with self.client.request(method, path, headers=headers, data=data) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise AssertionError(f"{method} {path}: {resp.status} {data.get('message')}")
-            return data
-
-    def create(self, obj: dict) -> dict:
-        meta = obj.setdefault("metadata", {})
-        namespace = meta.get("namespace") if obj["kind"] not in manifests.CLUSTER_SCOPED else None
-        if obj["kind"] not in manifests.CLUSTER_SCOPED:
-            meta.setdefault("namespace", "default")
-            namespace = meta["namespace"]
-        return self.call(self._request("POST", url(obj["kind"], namespace), obj))
-
-    def patch(self, kind: str, namespace: str | None, name: str, patch: dict) -> dict:
-        return self.call(self._request("PATCH", url(kind, namespace, name), patch,
-                                       "application/merge-patch+json"))
-
-    def delete(self, kind: str, namespace: str | None, name: str) -> dict:
-        return self.call(self._request("DELETE", url(kind, namespace, name)))
-
-    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
-        try:
-            return self.call(self._request("GET", url(kind, namespace, name)))
-        except AssertionError:
-            return None
-
-    def podprograms(self) -> dict[str, dict]:
-        """{"ns/name": PodProgram} of every PodProgram."""
-        found = self.call(self._request("GET", "/apis/tailor.dev/v1alpha1/podprograms"))
-        return {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in found["items"]}
-
-    def events(self, namespace: str) -> list[dict]:
-        return self.call(self._request("GET", f"/api/v1/namespaces/{namespace}/events"))["items"]
-
-    def drop_watches(self) -> None:
-        """Close the API's side of every open watch stream (as an API server
-        restart or a load balancer would) and hold list/watch requests until
-        restore_watches()."""
-        async def drop():
-            self.open.clear()
-            for bus in self.emulator._buses.values():
-                # A 410 Gone ends a stream; kopf starts a new list + watch.
-                await bus.put({"type": "ERROR", "object": {"code": 410, "reason": "Expired",
-                                                           "message": "watch dropped by the test"}})
-        self.call(drop())
-
-    def restore_watches(self) -> None:
-        self.loop.call_soon_threadsafe(self.open.set)
-
-    def add_admin_policy_crds(self) -> None:
-        """The ANP/BANP CRDs appear: declare the resources, then create the
-        CRD objects kopf watches for."""
-        async def add():
-            self.declare_admin_policies(self.emulator)
-            for resource in kube_resources.ADMIN_POLICIES:
-                await self._request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", {
-                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                    "metadata": {"name": f"{resource.plural}.{resource.group}"},
-                    "spec": {"group": resource.group, "scope": "Cluster",
-                             "names": {"plural": resource.plural, "kind": resource.kind},
-                             "versions": [{"name": resource.version, "served": True, "storage": True}]}})
-        self.call(add())
-
-
-class RemoteKube:
-    """The same emulator in a child process (benchmarks: kmock's own CPU
-    time then does not compete with the operator for this process's GIL).
-    Creates, patches, deletes and reads; no watch drops."""
-
-    def __init__(self, admin_policies: bool = True):
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.client = Client(self.url)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-                                   f"import operator_world; operator_world.serve({port}, {admin_policies})"])
-        eventually(self._up, 20, what="the API server process starts")
-
-    def _up(self) -> bool:
-        try:
-            urllib.request.urlopen(self.url + "/version", timeout=1).read()
-            return True
-        except OSError:
-            return False
-
-    def _request(self, method: str, path: str, body=None, content_type="application/json"):
-        try:
-            return self.client.request(method, path, body, content_type)
-        except ApiError as e:
-            raise AssertionError(str(e)) from None
-
-    def create(self, obj: dict) -> dict:
-        meta = obj.setdefault("metadata", {})
-        namespace = None
-        if obj["kind"] not in manifests.CLUSTER_SCOPED:
-            meta.setdefault("namespace", "default")
-            namespace = meta["namespace"]
-        return self._request("POST", url(obj["kind"], namespace), obj)
-
-    def patch(self, kind: str, namespace: str | None, name: str, patch: dict) -> dict:
-        return self._request("PATCH", url(kind, namespace, name), patch, "application/merge-patch+json")
-
-    def delete(self, kind: str, namespace: str | None, name: str) -> dict:
-        return self._request("DELETE", url(kind, namespace, name))
-
-    def podprograms(self) -> dict[str, dict]:
-        found = self._request("GET", "/apis/tailor.dev/v1alpha1/podprograms")
-        return {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in found["items"]}
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
-def serve(port: int, admin_policies: bool = True) -> None:
-    """RemoteKube's child process: the emulator until killed."""
-    kube = Kube(admin_policies=admin_policies, port=port)
-    kube.thread.join()
-
-
-# --- agents -----------------------------------------------------------------------------
-
-class CountingCore(core_.Core):
-    """The agent core, counting what the operator sends per pod."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.applies: collections.Counter = collections.Counter()
-        self.reloads: collections.Counter = collections.Counter()    # applies that changed something
-        self.map_updates: collections.Counter = collections.Counter()
-        self.removes: collections.Counter = collections.Counter()
-
-    def apply(self, received):
-        self.applies[received.key] += 1
-        status, changed = super().apply(received)
-        if changed:
-            self.reloads[received.key] += 1
-        return status, changed
-
-    def update_maps(self, namespace, name, uid, maps):
-        self.map_updates[f"{namespace}/{name}"] += 1
-        return super().update_maps(namespace, name, uid, maps)
-
-    def remove(self, namespace, name, uid=""):
-        self.removes[f"{namespace}/{name}"] += 1
-        return super().remove(namespace, name, uid)
-
-
-@dataclasses.dataclass
-class Agent:
-    node: str
-    listen: str
-    source: str
-    core: CountingCore | None = None
-    server: grpc.Server | None = None
-    program_source: source_.GrpcProgramSource | None = None
-    wired: dict = dataclasses.field(default_factory=dict)    # "ns/name" -> (uid, addresses)
-
-    def start(self) -> Agent:
-        self.program_source = source_.GrpcProgramSource(self.source)
-        self.core = CountingCore(self.node, EmulatedBackend(self.node), program_for=self.program_source,
-                                 attach_timeout=15.0)
-        self.core.start()
-        self.server = server_.serve(self.core, self.listen, workers=8)
-        return self
-
-    def stop(self) -> None:
-        self.server.stop(0.5).wait()
-        self.program_source.close()
-        self.core.stop()
-
-    def restart(self) -> Agent:
-        """A new agent process with nothing in it (emulated: no pinned state)."""
-        self.stop()
-        return self.start()
-
-    def wire(self, namespace: str, name: str, uid: str, addresses: list[str]) -> None:
-        """The CNI ADD: returns once the pod's program is attached."""
-        container = f"{namespace}-{name}-{uid[:8]}"
-        self.core.attach_pod({"namespace": namespace, "name": name, "uid": uid},
-                             lab_emulated.endpoint(container, addresses))
-        self.wired[f"{namespace}/{name}"] = (uid, tuple(addresses))
-
-    def rewire(self) -> None:
-        """Wire again every pod wired before (after restart())."""
-        for key, (uid, addresses) in list(self.wired.items()):
-            namespace, name = key.split("/")
-            self.wire(namespace, name, uid, list(addresses))
-
-    def stub(self) -> pb_grpc.AgentStub:
-        return pb_grpc.AgentStub(grpc.insecure_channel(self.listen))
-
-    def held(self) -> dict[str, tuple[str, str]]:
-        """{"ns/name": (hash, state)} as List reports."""
-        return {s.key: (s.hash, s.state.value) for s in self.core.list()}
-
-
-# --- the operator -----------------------------------------------------------------------
 
 class Operator:
     """app.run() on its own loop in a thread."""

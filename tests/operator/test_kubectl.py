@@ -33,7 +33,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tailor.datapath.lab import kube_resources
+from tailor.lab.apiserver import resources
 import kubectl_harness
 
 pytestmark = [pytest.mark.operator, pytest.mark.asyncio]
@@ -110,7 +110,7 @@ async def test_get_all_namespaces_shows_the_printer_columns(kube_env):
 async def test_the_columns_are_the_crds(kube_env):
     await two_programs(kube_env)
     wide = table((await kube_env.kubectl("get", "podprograms", "-n", "x", "-o", "wide")).stdout)
-    crd_columns = [c.name.upper() for c in kube_resources.podprograms().printer_columns]
+    crd_columns = [c.name.upper() for c in resources.podprograms().printer_columns]
     assert list(wide[0]) == ["NAME", *crd_columns]
     assert wide[0]["HASH"] == "47783fc913183dc7"   # priority 1: only with -o wide
     narrow = table((await kube_env.kubectl("get", "podprograms", "-n", "x")).stdout)
@@ -216,7 +216,7 @@ async def test_api_resources_lists_the_groups(kube_env):
                    "NAMESPACED": "true", "KIND": "PodProgram"}
     wide = table((await kube_env.kubectl("api-resources", "--api-group=tailor.dev", "-o", "wide")).stdout)
     assert wide[0]["CATEGORIES"] == "tailor"
-    assert set(wide[0]["VERBS"].split(",")) == set(kube_resources.CUSTOM_RESOURCE_VERBS)
+    assert set(wide[0]["VERBS"].split(",")) == set(resources.CUSTOM_RESOURCE_VERBS)
     admin = table((await kube_env.kubectl("api-resources",
                                           "--api-group=policy.networking.k8s.io")).stdout)
     assert {(r["NAME"], r["SHORTNAMES"], r["NAMESPACED"]) for r in admin} == {

@@ -13,6 +13,7 @@ import yaml
 
 from case_files import CASE_FILES, CASES_DIR, load_topology, parse_table, run_step
 from tailor.datapath import trace
+from tailor.operator import tracing
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.compiler import build, generic
 
@@ -22,9 +23,9 @@ ENGINES = [pytest.param(("emulated", False), id="emulated"),
            pytest.param(("kernel", True), id="kernel-generic", marks=pytest.mark.kernel)]
 
 
-def load(state: ClusterState, engine: str, use_generic: bool) -> tuple[trace.Node, dict]:
+def load(state: ClusterState, engine: str, use_generic: bool) -> tuple[tracing.Node, dict]:
     built = build.build(state)
-    node = trace.Node(trace.engine(engine))
+    node = tracing.Node(trace.engine(engine))
     try:
         for b in built.values():
             if use_generic:
@@ -37,13 +38,13 @@ def load(state: ClusterState, engine: str, use_generic: bool) -> tuple[trace.Nod
     return node, built
 
 
-def probe(state: ClusterState, node: trace.Node, built: dict, spec: dict) -> list[str]:
+def probe(state: ClusterState, node: tracing.Node, built: dict, spec: dict) -> list[str]:
     wrong = []
     for (src, dst), want in parse_table(spec["expect"]).items():
         if src == dst:
             continue
         s, d = state.find_pod(src).ref, state.find_pod(dst).ref
-        flow = trace.flow_between(built[s].spec, built[d].spec, spec["protocol"], int(spec["port"]))
+        flow = tracing.flow_between(built[s].spec, built[d].spec, spec["protocol"], int(spec["port"]))
         node.reset_conntrack()
         got = node.trace(s, d, flow)
         if got.allowed != want:

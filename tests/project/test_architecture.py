@@ -3,11 +3,14 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FOLDERS = ("operator", "datapath", "cli")
+# tailor.<name> -> top-level folder, as pyproject.toml maps them (one list).
+PACKAGE_DIR = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+FOLDERS = {name.split(".", 1)[1]: folder for name, folder in PACKAGE_DIR.items()}
 
 
 def test_import_contracts_hold(tmp_path):
@@ -17,8 +20,8 @@ def test_import_contracts_hold(tmp_path):
     # import-linter cannot follow setuptools' editable finder; give it the
     # `tailor` package as a plain tree of links to the top-level folders.
     (tmp_path / "tailor").mkdir()
-    for folder in FOLDERS:
-        (tmp_path / "tailor" / folder).symlink_to(ROOT / folder)
+    for name, folder in FOLDERS.items():
+        (tmp_path / "tailor" / name).symlink_to(ROOT / folder)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     run = subprocess.run([exe, "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr

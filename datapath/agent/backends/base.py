@@ -1,10 +1,11 @@
 """The interface both agent backends implement, and the values they share.
 
 Called by the agent core (agent/core.py), which owns the pods' programs and
-endpoints and hands each attach to a backend; implemented by backends/kernel.py
+endpoints and hands each attach to a backend; implemented by backends/kernel/
 (bpf() through the eBPF toolkit, state pinned on bpffs) and backends/emulated.py
 (the userspace VM). The two implementations never import each other; what
-they share lives here: the data classes, the errors and the trace walk.
+they share lives here: the data classes, the errors, counters() and trace()
+over a few hooks each backend fills in, and the map helpers.
 
 A pod is keyed by "namespace/name"; its uid tells a re-created pod from its
 predecessor. A backend holds at most one attachment per key.
@@ -12,21 +13,21 @@ predecessor. A backend holds at most one attachment per key.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import enum
 import ipaddress
+import threading
 from collections.abc import Callable
 
 from tailor.datapath import packets as pk
 from tailor.datapath import trace
 from tailor.datapath.ebpf.errors import KernelError
 from tailor.datapath.ebpf.helper_ids import TcAct
-from tailor.operator.compiler import layout
+from tailor.datapath import layout
 
-DIRECTIONS = ("ingress", "egress")
-# TC_ACT_* values a program may return that let the packet go on.
-PASSING = (TcAct.OK, TcAct.REDIRECT)
-TRACE_CLIENT_PORT = 40000
+# Scratch connection tracking for traces: a trace makes at most a few entries.
+SCRATCH_CT_ENTRIES = 64
 
 
 class BackendError(Exception):
@@ -150,7 +151,7 @@ class TraceStep:
     def verdict(self) -> str:
         if self.retval == TcAct.REDIRECT:
             return "redirect"
-        return "pass" if self.retval in PASSING else "drop"
+        return "pass" if self.retval in trace.PASSING else "drop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +163,14 @@ class TraceResult:
 class Backend(abc.ABC):
     """One node's datapath. Implementations are called under the core's
     lock, one call at a time, except counters() and trace() which may run
-    beside each other."""
+    beside each other. counters() and trace() are written here once, over
+    the hooks at the end (_own_maps, _endpoints, _scratch)."""
     name: str
+
+    def __init__(self) -> None:
+        # counters() and trace() run outside the core's lock: this one keeps
+        # them, and every call of the backend's own, one at a time.
+        self._lock = threading.RLock()
 
     @abc.abstractmethod
     def start(self) -> list[Adopted]:
@@ -194,15 +201,30 @@ class Backend(abc.ABC):
     def pods(self) -> list[PodState]:
         """Every attached pod."""
 
-    @abc.abstractmethod
     def counters(self, key: str) -> Counters:
-        """Raises UnknownPod."""
+        """The pod's stats maps, summed over CPUs (a direction without one
+        counts nothing). Raises UnknownPod."""
+        with self._lock:
+            own = self._own_maps(key)
+            return Counters(*(stat_totals(own[d][layout.STATS.name])
+                              if layout.STATS.name in own[d] else (0, 0, 0)
+                              for d in layout.DIRECTIONS))
 
-    @abc.abstractmethod
     def trace(self, src: str, dst: str, protocol: str, src_port: int, dst_port: int) -> TraceResult:
         """Run a connection's first packet and its reply through the programs.
         src, dst: a pod key of this node, or an address. Raises ValueError
-        for what cannot be traced."""
+        for what cannot be traced.
+
+        The packets go through scratch copies of the two pods' programs, never
+        the live ones: a live run would record the traced connection in the
+        live conntrack map (a diagnostic would open a reply path in the real
+        datapath) and count in the pod's real counters."""
+        with self._lock:
+            endpoints = self._endpoints()
+            s, d = resolve_end(src, endpoints), resolve_end(dst, endpoints)
+            flow = pick_flow(s, d, protocol, src_port, dst_port)
+            with self._scratch({e.key for e in (s, d) if e.key}) as run:
+                return walk(run, s, d, flow)
 
     def state(self, key: str) -> PodState | None:
         """One attached pod's state, None when it is not attached."""
@@ -211,6 +233,24 @@ class Backend(abc.ABC):
     def endpoint(self, key: str) -> Endpoint | None:
         """The endpoint a pod is attached on."""
         return None
+
+    # -- hooks for counters() and trace(), called under self._lock -----------------
+
+    @abc.abstractmethod
+    def _own_maps(self, key: str) -> dict[str, dict]:
+        """The pod's own live maps (not the node-wide ones) as {direction:
+        {map name: map object}}. Raises UnknownPod."""
+
+    @abc.abstractmethod
+    def _endpoints(self) -> dict[str, Endpoint]:
+        """Every attached pod's endpoint, by pod key."""
+
+    @abc.abstractmethod
+    def _scratch(self, keys: set[str]) -> contextlib.AbstractContextManager[Run]:
+        """Scratch copies of these pods' programs, bound to scratch_node_maps()
+        and to own maps filled from scratch_entries(). Entering gives their
+        `run(key, direction, frame) -> (retval, frame after)`; leaving
+        releases them."""
 
 
 # -- the trace walk, shared by both backends ---------------------------------------
@@ -230,7 +270,7 @@ def pick_flow(src: TraceEnd, dst: TraceEnd, protocol: str, src_port: int,
         a = [x for x in src.addresses if ipaddress.ip_address(x).version == family]
         b = [x for x in dst.addresses if ipaddress.ip_address(x).version == family]
         if a and b:
-            return pk.Flow(a[0], b[0], protocol.upper(), src_port or TRACE_CLIENT_PORT, dst_port)
+            return pk.Flow(a[0], b[0], protocol.upper(), src_port or trace.CLIENT_PORT, dst_port)
     raise ValueError(f"{src.key or src.addresses} and {dst.key or dst.addresses} "
                      "share no address family")
 
@@ -243,6 +283,29 @@ def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:
     `run(key, direction, frame) -> (retval, frame after)`."""
     allowed, steps = trace.walk(run, (src.key, src.mac), (dst.key, dst.mac), flow)
     return TraceResult(allowed, tuple(TraceStep(s.pod, s.direction, s.retval) for s in steps))
+
+
+def scratch_node_maps(live: dict, create: Callable) -> dict:
+    """Node-wide maps for a trace, made with `create(spec)`: connection
+    tracking empty (a trace is a new connection), the endpoints copied from
+    the `live` node maps, so same-node traffic is redirected as it would be."""
+    out = {}
+    for name, spec in layout.NODE_MAPS.items():
+        if name in (layout.CT4.name, layout.CT6.name):
+            out[name] = create(dataclasses.replace(spec, max_entries=SCRATCH_CT_ENTRIES))
+            continue
+        out[name] = create(spec)
+        for k, v in live[name].items():
+            out[name].update(k, v)
+    return out
+
+
+def scratch_entries(own: dict[str, dict]) -> dict[str, dict[str, dict[bytes, bytes]]]:
+    """What a trace's copies of a pod's own maps hold: the live maps as they
+    are now (after any UpdateMaps), stats left out so the trace counts in
+    fresh counters."""
+    return {d: {name: dict(m.items()) for name, m in tables.items() if name != layout.STATS.name}
+            for d, tables in own.items()}
 
 
 def resolve_end(what: str, endpoints: dict[str, Endpoint]) -> TraceEnd:

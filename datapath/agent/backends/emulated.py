@@ -7,18 +7,19 @@ connectivity; nothing is enforced. What this backend gives is the same
 programs, the same maps and the same node-wide endpoints the kernel backend
 would hold, so Trace and Counters answer what the kernel would do.
 
-Trace runs on scratch copies (empty connection tracking, fresh counters, the
-pods' current peer maps and endpoints): a trace is a new connection, and it
-leaves the node's maps as it found them — like the kernel backend's.
+Trace (base.Backend.trace) runs the VM on scratch copies (empty connection
+tracking, fresh counters, the pods' current peer maps and endpoints): a
+trace is a new connection, and it leaves the node's maps as it found them —
+like the kernel backend's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import threading
 
 from tailor.datapath.agent.backends import base
 from tailor.datapath.ebpf import vm
-from tailor.operator.compiler import layout
+from tailor.datapath import layout
 
 
 class _Pod:
@@ -31,29 +32,25 @@ class _Pod:
     def state(self) -> base.PodState:
         r, ep = self.received, self.endpoint
         loads = {d: base.LoadInfo(program_id=0, verified_insns=0,
-                                  attach=f"vm/{_hook(d)} ifindex {ep.host_ifindex} ({ep.host_ifname})",
-                                  hash=r.hash, instructions=len(r.insns[d]))
-                 for d in base.DIRECTIONS}
+                                  attach=f"vm/{layout.hook(d)} ifindex {ep.host_ifindex} "
+                                         f"({ep.host_ifname})",
+                                  hash=r.hash, instructions=r.instructions[d])
+                 for d in layout.DIRECTIONS}
         return base.PodState(r.namespace, r.name, r.uid, base.State.LOADED, "", r.hash,
                              tuple(r.features), tuple(ep.addresses), ep.host_ifname,
                              loads["ingress"], loads["egress"])
-
-
-def _hook(direction: str) -> str:
-    """The host-side veth hook a pod's program sits on: into the pod is the
-    veth's egress, from the pod its ingress."""
-    return "egress" if direction == "ingress" else "ingress"
 
 
 class EmulatedBackend(base.Backend):
     name = "emulated"
 
     def __init__(self, node: str = ""):
+        # base's lock also keeps the VM's programs, which are not reentrant,
+        # to one run at a time.
+        super().__init__()
         self.node = node
         self.node_maps: dict[str, vm.VmMap] = {}
         self._pods: dict[str, _Pod] = {}
-        # The VM's programs are not reentrant: one run at a time.
-        self._lock = threading.RLock()
 
     def start(self) -> list[base.Adopted]:
         with self._lock:
@@ -90,7 +87,7 @@ class EmulatedBackend(base.Backend):
     def _load(self, received, node_maps) -> tuple[dict, dict]:
         """VM programs and the pod's own maps, filled from received.entries."""
         programs, owned = {}, {}
-        for d in base.DIRECTIONS:
+        for d in layout.DIRECTIONS:
             bound, owned[d] = {}, {}
             for spec in received.maps[d]:
                 if spec.name in layout.NODE_MAPS:
@@ -110,7 +107,6 @@ class EmulatedBackend(base.Backend):
                                         f"in the VM: {e}") from None
         return programs, owned
 
-
     def detach(self, key: str) -> bool:
         with self._lock:
             pod = self._pods.pop(key, None)
@@ -121,8 +117,7 @@ class EmulatedBackend(base.Backend):
 
     def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
         with self._lock:
-            pod = self._pod(key)
-            return base.update_pod_maps(key, pod.maps, maps)
+            return base.update_pod_maps(key, self._own_maps(key), maps)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -145,13 +140,6 @@ class EmulatedBackend(base.Backend):
         pod = self._pods.get(key)
         return pod.endpoint if pod else None
 
-    def counters(self, key: str) -> base.Counters:
-        with self._lock:
-            pod = self._pod(key)
-            return base.Counters(*(base.stat_totals(pod.maps[d][layout.STATS.name])
-                                   if layout.STATS.name in pod.maps[d] else (0, 0, 0)
-                                   for d in base.DIRECTIONS))
-
     def run(self, key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
         """One packet through a pod's live VM program (it counts and may
         record connections, as a packet on the wire would)."""
@@ -159,33 +147,26 @@ class EmulatedBackend(base.Backend):
             result = self._pod(key).programs[direction].run(frame, ktime_ns=1)
             return result.retval, result.packet
 
-    def trace(self, src: str, dst: str, protocol: str, src_port: int, dst_port: int
-              ) -> base.TraceResult:
-        with self._lock:
-            endpoints = {k: p.endpoint for k, p in self._pods.items()}
-            s, d = base.resolve_end(src, endpoints), base.resolve_end(dst, endpoints)
-            flow = base.pick_flow(s, d, protocol, src_port, dst_port)
-            scratch = {n: vm.VmMap.create(spec) for n, spec in layout.NODE_MAPS.items()}
-            for spec in layout.ENDPOINT_MAPS.values():
-                for k, v in self.node_maps[spec.name].items():
-                    scratch[spec.name].update(k, v)
-            programs = {}
-            for key in {e.key for e in (s, d) if e.key}:
-                pod = self._pods[key]
-                copy = _with_current_entries(pod)
-                programs[key], _ = self._load(copy, scratch)
+    # -- base.Backend's hooks for counters() and trace() -------------------------------
 
-            def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
-                result = programs[key][direction].run(frame, ktime_ns=1)
-                return result.retval, result.packet
+    def _own_maps(self, key: str) -> dict[str, dict]:
+        return self._pod(key).maps
 
-            return base.walk(run, s, d, flow)
+    def _endpoints(self) -> dict[str, base.Endpoint]:
+        return {k: p.endpoint for k, p in self._pods.items()}
 
+    @contextlib.contextmanager
+    def _scratch(self, keys: set[str]):
+        """VM programs on scratch maps; nothing to release but memory."""
+        node_maps = base.scratch_node_maps(self.node_maps, vm.VmMap.create)
+        programs = {}
+        for key in keys:
+            pod = self._pods[key]
+            copy = dataclasses.replace(pod.received, entries=base.scratch_entries(pod.maps))
+            programs[key], _ = self._load(copy, node_maps)
 
-def _with_current_entries(pod: _Pod):
-    """The pod's received program with entries as its maps hold them now
-    (after any UpdateMaps), stats left empty."""
-    entries = {d: {name: dict(m.items()) for name, m in pod.maps[d].items()
-                   if name != layout.STATS.name}
-               for d in base.DIRECTIONS}
-    return dataclasses.replace(pod.received, entries=entries)
+        def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
+            result = programs[key][direction].run(frame, ktime_ns=1)
+            return result.retval, result.packet
+
+        yield run

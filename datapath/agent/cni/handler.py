@@ -1,7 +1,8 @@
 """The agent's answers to CNI commands: one request in, one response out.
 
 Called by server.CniSocketServer (one thread per connection) with requests
-from the `tailor` plugin (wire format in tailor.datapath.cni.protocol). The
+from the `tailor` plugin (wire format in tailor.datapath.cni.protocol). Each
+command is answered by the method its row of protocol.COMMANDS names. The
 agent core builds one CniHandler and gives it what only the core knows:
 
     attach(pod, endpoint) -> None
@@ -79,13 +80,12 @@ class CniHandler:
         started = time.monotonic()
         command = request.get("command")
         try:
-            if command not in protocol.COMMANDS:
+            if not isinstance(command, str) or command not in protocol.COMMANDS:
                 raise CniFailure(protocol.ERR_INVALID_ENV, f"unknown command {command!r}")
             config = request.get("config")
             if not isinstance(config, dict):
                 raise CniFailure(protocol.ERR_INVALID_CONFIG, "request without a network config")
-            method = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
-                      "STATUS": self.status, "GC": self.gc}[command]
+            method = getattr(self, protocol.COMMANDS[command].method)
             return protocol.ok(method(request, started))
         except CniFailure as f:
             return protocol.error(f.code, f.msg, f.details)
@@ -93,7 +93,7 @@ class CniHandler:
             return protocol.error(protocol.ERR_INTERNAL, f"tailor agent: {command} failed",
                                   f"{type(e).__name__}: {e}")
 
-    # -- commands -----------------------------------------------------------------
+    # -- commands: one method per row of protocol.COMMANDS, (request, started) -> result
 
     def add(self, request: dict, started: float) -> dict:
         container_id, ifname, netns = _attachment(request)
@@ -254,6 +254,14 @@ class CniHandler:
                 step()
             except Exception:
                 pass   # the original failure is what the runtime needs to see
+
+
+# A row added to protocol.COMMANDS without its method stops the agent at
+# import, rather than answering the first pod that sends it with code 100.
+_unanswered = [name for name, c in protocol.COMMANDS.items()
+               if not callable(getattr(CniHandler, c.method, None))]
+if _unanswered:
+    raise TypeError(f"CniHandler lacks the methods protocol.COMMANDS names for {', '.join(_unanswered)}")
 
 
 # -- pure helpers ---------------------------------------------------------------------

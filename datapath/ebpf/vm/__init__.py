@@ -9,8 +9,16 @@ effects).
     res = run(insns, packet, maps=maps)          # one-off
     prog = Program(insns, maps); prog.run(pkt)   # compile once, run many
 
-Modules: machine (interpreter), memory (regions and pointers), skb (the
-__sk_buff context), maps (map semantics), helpers (helper functions by id).
+Modules:
+    machine        the interpreter: compile to one closure per instruction, run the loop
+    state          the mutable state of a run (registers, memory, packet, ctx)
+    alu            ALU / ALU64 instructions
+    load_store     LD / LDX / ST / STX: loads, stores, atomics, LD_IMM64, LD_ABS/IND
+    control_flow   JMP / JMP32: jumps, EXIT, local calls, helper calls
+    memory         regions and pointers
+    skb            the __sk_buff context
+    maps           map semantics
+    helpers        helper functions by id
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from .. import isa
 from ..errors import VmError
 from ..helper_ids import TcAct
 from . import machine as _machine
+from . import state as _state
 from .maps import MapError, VmMap, possible_cpus
 from .skb import SkbContext
 
@@ -58,7 +67,7 @@ class Program:
             slot += insn.slots
         if not self.insns:
             raise VmError("empty program")
-        self._run = _machine.Run(self.maps)
+        self._run = _state.Run(self.maps)
         self._code = _machine.compile_program(self.insns, self._run)
 
     def run(self, packet: bytes, *, ctx: SkbContext | None = None,

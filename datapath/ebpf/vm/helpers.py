@@ -1,16 +1,16 @@
 """Kernel helper functions, by id, as the VM runs them.
 
-Called by machine.py on CALL (src 0). Each helper gets the run state `st`
-(machine.Run: memory, packet, ctx, maps, clocks, redirect target) and the
+Called by control_flow.py on CALL (src 0). Each helper gets the run state `st`
+(state.Run: memory, packet, ctx, maps, clocks, redirect target) and the
 argument registers r1..r5 as ints, and returns r0 (negative errnos as
-negative ints; the machine wraps to u64). Semantics follow net/core/filter.c
+negative ints; the call wraps them to u64). Semantics follow net/core/filter.c
 and kernel/bpf/helpers.c as observed on 6.18 with BPF_PROG_TEST_RUN, where
 the skb is linear and ip_summed is CHECKSUM_NONE (so the csum helpers only
 ever touch the checksum field in the packet, never skb->csum).
 
 Helpers that may change packet data (store_bytes, the csum replacers,
 pull_data) invalidate every packet pointer, as the verifier does: the
-machine moves the packet to a new region, so a stale pointer faults.
+VM moves the packet to a new region, so a stale pointer faults.
 """
 from __future__ import annotations
 

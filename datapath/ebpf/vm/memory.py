@@ -1,8 +1,9 @@
 """The VM's address space: regions (stack frames, the context, the packet,
 map values, map handles) and the pointers into them.
 
-Used by the interpreter (machine.py) for every load and store, and by the
-helpers (helpers.py) to read keys and write bytes.
+Used by the instruction closures (load_store.py) for every load and store,
+by state.py and control_flow.py for stack frames, and by the helpers
+(helpers.py) to read keys and write bytes.
 
 Pointer model. A register holds a plain unsigned 64-bit int. A pointer is
 `region_id << 32 | offset`: the high half picks a region, the low half is the

@@ -1,7 +1,7 @@
 """The `struct __sk_buff` a tc (sched_cls) program sees, as BPF_PROG_TEST_RUN
 builds it, and the rules for reading and writing it.
 
-Used by vm.run (to build the context), machine.py (ctx loads/stores go
+Used by vm.run (to build the context), state.py (ctx loads/stores go
 through CtxAccess) and tests / the emulated datapath (SkbContext in and out).
 
 Facts established on kernel 6.18 with BPF_PROG_TEST_RUN on sched_cls:

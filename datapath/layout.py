@@ -1,10 +1,12 @@
-"""The contract between compiled programs and their maps: map names and
-specs, key and value layouts, the stack frame, the __sk_buff offsets and the
-register plan. Pure.
+"""The contract between compiled programs and the datapath that runs them:
+the two directions, map names and specs, key and value layouts, the stats
+slots, the stack frame, the __sk_buff offsets and the register plan. Pure.
 
-Called by the emitters (`parse`, `rules`, `conntrack`, `program`,
-`generic`), by `mapdata` (which packs map contents in these layouts) and by
-the datapath (which creates the node-wide maps and fills the per-pod ones).
+It lives in the datapath (the hands) because both sides build to it: the
+operator's compiler emits programs and packs map contents in these layouts
+(`operator/compiler/{parse,rules,conntrack,forward,program,generic,mapdata}`),
+and the agent's backends create the node-wide maps, fill the per-pod ones
+and read the counters. The datapath never imports the compiler.
 
 Register plan, for every program tailor emits:
     r6  the __sk_buff context, for the whole program
@@ -21,7 +23,20 @@ import ipaddress
 import struct
 
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
-from tailor.operator.compiler.spec import EGRESS, INGRESS
+
+# A pod has two programs: `ingress` judges what the pod receives (it runs on
+# the tcx egress hook of the pod's host-side veth), `egress` what the pod
+# sends (the veth's tcx ingress).
+INGRESS = "ingress"
+EGRESS = "egress"
+DIRECTIONS = (INGRESS, EGRESS)
+
+
+def hook(direction: str) -> str:
+    """The host-side veth hook a pod's program sits on: into the pod is the
+    veth's egress, out of the pod its ingress."""
+    return EGRESS if direction == INGRESS else INGRESS
+
 
 # __sk_buff field offsets (uapi/linux/bpf.h).
 SKB_LEN, SKB_MARK, SKB_PROTOCOL, SKB_IFINDEX = 0, 8, 16, 40

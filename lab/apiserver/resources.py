@@ -4,8 +4,8 @@ Used by the lab's API server (apiserver.declare_all) and the operator's tests:
 
     async with kmock.KubernetesEmulator() as k, kmock.Server(k) as srv:
         k.resources.load_bundled()      # v1, apps, networking.k8s.io, ...
-        kube_resources.declare_tailor(k)
-        kube_resources.declare_admin_policies(k)
+        resources.declare_tailor(k)
+        resources.declare_admin_policies(k)
 
 The PodProgram resource is read from the chart's CRD file, so the lab and
 the tests see the names, short names, categories, subresources and printer

@@ -3,7 +3,7 @@
 
 Called by lab.up, lab.status and tests. The steps:
 
-    api       start the API server (apiserver.py, kmock; objects in memory),
+    api       start the API server (lab/apiserver, kmock; objects in memory),
               create the lab's namespaces, nodes, policies and scheduled pods
               (objects.py), write <run_dir>/kubeconfig
     operator  start `tailor operator --kubeconfig <run_dir>/kubeconfig`; it
@@ -25,8 +25,10 @@ import socket
 import time
 import urllib.request
 
-from tailor.datapath.lab import apiserver, objects, processes
-from tailor.datapath.lab import state as state_
+from tailor.lab import apiserver
+from tailor.lab.control import objects
+from tailor.lab import processes
+from tailor.lab import state as state_
 
 SYNC_SECONDS = 60.0
 STABLE_ROUNDS = 3        # consecutive settled polls before sync returns

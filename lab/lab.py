@@ -5,12 +5,14 @@ writes the state file, then runs its steps in order, recording in the state
 file what it is about to make before making it:
 
     kernel:   underlay -> controller -> agents -> pods (netns + CNI ADD) -> sync
-    emulated: controller -> agents -> pods (registered through the controller) -> sync
+    emulated: controller -> agents -> pods (wired through each node's Wire service) -> sync
 
-With `control="operator"` the controller step is replaced by an API server
-holding the lab's objects and `tailor operator` (operated.py): the agents
-ask the operator at CNI ADD, each pod's addresses are reported in its
-status, and sync waits for every PodProgram to be Loaded.
+The controller (control/controller.py) is the operator's engine, hand-off
+and pusher fed from the manifests, without an API server. With
+`control="operator"` that step is replaced by an API server holding the
+lab's objects and `tailor operator` (control/operated.py): the agents ask
+the operator at CNI ADD, each pod's addresses are reported in its status,
+and sync waits for every PodProgram to be Loaded.
 
 If a step fails, `up` takes down what it made and raises LabError naming
 the step and the fix. `down` undoes whatever the state file records, in
@@ -29,10 +31,11 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 
-from tailor.datapath.lab import netns as netns_
-from tailor.datapath.lab import plan as plan_
-from tailor.datapath.lab import processes
-from tailor.datapath.lab import state as state_
+from tailor.lab import agents
+from tailor.lab import netns as netns_
+from tailor.lab import plan as plan_
+from tailor.lab import processes
+from tailor.lab import state as state_
 
 BPFFS = "/sys/fs/bpf"
 POD_WORKERS = 8
@@ -43,7 +46,8 @@ FIXES = {
     "agents": "read the agents' logs in {run_dir}/agent-<node>.log",
     "pods": "the CNI error above names the pod and the agent's reason; the node agents' logs are "
             "in {run_dir}/agent-<node>.log",
-    "sync": "the controller could not push to an agent: read {run_dir}/controller.log",
+    "sync": "the controller could not bring every pod's program to its agent: read "
+            "{run_dir}/controller.log and the agents' logs",
     "api": "read the API server's log in {run_dir}/apiserver.log",
     "operator": "read the operator's log in {run_dir}/operator.log",
     "sync/operator": "the PodPrograms' status.message say why (`KUBECONFIG={run_dir}/kubeconfig "
@@ -111,7 +115,7 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
     data = _initial(plan, backend, paths)
     data["control"] = control
     if control == "operator":
-        from tailor.datapath.lab import operated
+        from tailor.lab.control import operated
 
         operated.plan(data)
     state_.save(data)
@@ -186,13 +190,13 @@ def _underlay(data: dict, echo: Echo) -> None:
 
 
 def _api(data: dict, echo: Echo) -> None:
-    from tailor.datapath.lab import operated
+    from tailor.lab.control import operated
 
     operated.start_api(data, echo)
 
 
 def _operator(data: dict, echo: Echo) -> None:
-    from tailor.datapath.lab import operated
+    from tailor.lab.control import operated
 
     operated.start_operator(data, echo)
 
@@ -212,32 +216,41 @@ def _agents(data: dict, echo: Echo) -> None:
         processes.wait_agent(data, node)
 
 
-def _pods_kernel(data: dict, echo: Echo) -> None:
-    from tailor.datapath.lab import cni
-
+def _wire_pods(data: dict, echo: Echo, wire: Callable) -> None:
+    """Wire every pod, POD_WORKERS at a time. `wire(pod, node, record)` wires
+    one; `record(**fields)` updates the pod's entry and saves the state file
+    (one writer at a time). After each pod its addresses are reported (with
+    the operator) and the progress shown."""
     lock = threading.Lock()
     done = [0]
-    total = len(data["pods"])
 
     def one(pod: dict) -> None:
-        node = state_.node(data, pod["node"])
-        with lock:
-            pod["netns_made"] = True
-            state_.save(data)
-        netns_.make_pod(pod["netns"])
-        started = time.monotonic()
-        result = cni.add(data, node, pod)
-        elapsed_ms = round(1000 * (time.monotonic() - started), 1)
-        with lock:
-            pod.update(addresses=cni.addresses(result), interface=cni.host_interface(result), wired=True,
-                       cni_add_ms=elapsed_ms)
-            state_.save(data)
+        def record(**fields) -> None:
+            with lock:
+                pod.update(fields)
+                state_.save(data)
+
+        wire(pod, state_.node(data, pod["node"]), record)
         _report(data, pod)
         with lock:
             done[0] += 1
-            _progress(echo, done[0], total)
+            _progress(echo, done[0], len(data["pods"]))
 
     _parallel(one, data["pods"])
+
+
+def _pods_kernel(data: dict, echo: Echo) -> None:
+    from tailor.lab import cni
+
+    def wire(pod: dict, node: dict, record: Callable) -> None:
+        record(netns_made=True)
+        netns_.make_pod(pod["netns"])
+        started = time.monotonic()
+        result = cni.add(data, node, pod)
+        record(addresses=cni.addresses(result), interface=cni.host_interface(result), wired=True,
+               cni_add_ms=round(1000 * (time.monotonic() - started), 1))
+
+    _wire_pods(data, echo, wire)
     # ADD returns once the pod's program is attached: this is pod start as the runtime sees it.
     times = sorted(p["cni_add_ms"] for p in data["pods"])
     echo(f"  CNI ADD (program attached) p50 {_percentile(times, 50)} ms, "
@@ -249,11 +262,8 @@ def _pods_emulated(data: dict, echo: Echo) -> None:
     gateway, kept back) and wires each pod through its node's Wire service."""
     import grpc
 
-    from tailor.datapath.lab import emulated
+    from tailor.lab import emulated
 
-    lock = threading.Lock()
-    done = [0]
-    total = len(data["pods"])
     used: dict[str, int] = {}
     for pod in data["pods"]:
         node = state_.node(data, pod["node"])
@@ -264,63 +274,45 @@ def _pods_emulated(data: dict, echo: Echo) -> None:
                 pod["addresses"].append(str(ipaddress.ip_network(cidr).network_address + used[cidr]))
     state_.save(data)
 
-    def one(pod: dict) -> None:
-        node = state_.node(data, pod["node"])
+    def wire(pod: dict, node: dict, record: Callable) -> None:
         try:
             answer = emulated.wire(node["cni_socket"], {
                 "namespace": pod["namespace"], "name": pod["name"], "uid": pod["uid"],
                 "containerID": pod["container_id"], "addresses": pod["addresses"]})
         except grpc.RpcError as e:
             raise LabError(f"wiring {pod['ref']} on {pod['node']} failed: {e.details()}") from None
-        with lock:
-            pod.update(interface=answer["interface"], wired=True)
-            state_.save(data)
-        _report(data, pod)
-        with lock:
-            done[0] += 1
-            _progress(echo, done[0], total)
+        record(interface=answer["interface"], wired=True)
 
-    _parallel(one, data["pods"])
+    _wire_pods(data, echo, wire)
 
 
 def _sync(data: dict, echo: Echo) -> None:
-    from tailor.datapath.lab import controller
+    from tailor.lab.control import controller
 
-    answer = controller.call(os.path.join(data["run_dir"], "controller.sock"), "Sync", {"timeout": 60})
-    data["pushes"] = {k: answer[k] for k in ("programs", "applied", "updated", "failed")}
-    if not answer["synced"] or answer["failures"]:
-        raise LabError("pushes to the agents failed: " + "; ".join(answer["failures"] or ["timed out"]))
+    answer = controller.call(os.path.join(data["run_dir"], controller.SOCKET), "Sync", {"timeout": 60})
+    data["pushes"] = answer["pushes"]
+    if not answer["synced"]:
+        raise LabError("not every pod's program is loaded on its agent: " + "; ".join(answer["failures"]))
+    _echo_pushes(data, echo, "every program Loaded", "controller")
 
 
 def _report(data: dict, pod: dict) -> None:
     if data.get("control") == "operator":
-        from tailor.datapath.lab import operated
+        from tailor.lab.control import operated
 
         operated.report(data, pod)
 
 
 def _sync_operator(data: dict, echo: Echo) -> None:
-    from tailor.datapath.lab import operated
+    from tailor.lab.control import operated
 
-    data["pushes"] = operated.sync(data, lambda: held(data))
-    echo(f"  every PodProgram Loaded: {len(data['pods'])} pods; operator "
+    data["pushes"] = operated.sync(data, lambda: agents.held(data))
+    _echo_pushes(data, echo, "every PodProgram Loaded", "operator")
+
+
+def _echo_pushes(data: dict, echo: Echo, settled: str, who: str) -> None:
+    echo(f"  {settled}: {len(data['pods'])} pods; {who} "
          + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["pushes"].items()))
-
-
-def held(data: dict) -> dict[str, str]:
-    """{"ns/name": hash} of every program the lab's agents hold."""
-    import grpc
-
-    from tailor.datapath.agent.api import agent_pb2 as pb
-    from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
-
-    out = {}
-    for node in data["nodes"]:
-        with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
-            reply = pb_grpc.AgentStub(channel).List(pb.ListRequest(), timeout=5)
-        out.update({f"{s.pod.namespace}/{s.pod.name}": s.hash for s in reply.pods
-                    if s.state == pb.State.LOADED})
-    return out
 
 
 def _percentile(sorted_values: list[float], pct: int) -> float:
@@ -369,9 +361,6 @@ def status(name: str) -> dict:
     """The state file joined with each agent's List (program state, hash, features)."""
     import grpc
 
-    from tailor.datapath.agent.api import agent_pb2 as pb
-    from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
-
     data = load(name)
     listed: dict[str, dict] = {}
     for node in data["nodes"]:
@@ -379,15 +368,13 @@ def status(name: str) -> dict:
         if node["agent"] != "running":
             continue
         try:
-            with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
-                reply = pb_grpc.AgentStub(channel).List(pb.ListRequest(), timeout=5)
+            pods = agents.listed(node)
         except grpc.RpcError as e:
             node["agent"] = f"not answering ({e.code().name})"
             continue
-        for s in reply.pods:
-            listed[s.pod.uid or f"{s.pod.namespace}/{s.pod.name}"] = {
-                "state": pb.State.Name(s.state), "hash": s.hash, "features": list(s.features),
-                "message": s.message, "interface": s.interface}
+        for s in pods:
+            listed[s["uid"] or s["key"]] = {k: s[k] for k in ("state", "hash", "features", "message",
+                                                              "interface")}
     for pod in data["pods"]:
         pod["program"] = listed.get(pod["uid"]) or listed.get(f"{pod['namespace']}/{pod['name']}")
     control = data.get("control", "lab")
@@ -400,7 +387,7 @@ def status(name: str) -> dict:
 
 
 def probe(name: str, timeout: float | None = None) -> dict:
-    from tailor.datapath.lab import probe as probe_
+    from tailor.lab.probing import probe as probe_
 
     data = load(name)
     if not data.get("ready"):
@@ -414,7 +401,7 @@ def probe(name: str, timeout: float | None = None) -> dict:
 def down(name: str, echo: Echo = print) -> list[str]:
     """Undo everything the state file records; returns what was removed.
     Raises LabError listing what could not be removed."""
-    from tailor.datapath.lab import cni
+    from tailor.lab import cni
 
     data = load(name)
     removed, problems = [], []

@@ -1,4 +1,4 @@
-"""A pod's servers: `python3 -m tailor.datapath.lab.serve --tcp 80,81 --udp 80,81`.
+"""A pod's servers: `python3 -m tailor.lab.probing.serve --tcp 80,81 --udp 80,81`.
 
 Started by probe (one per pod, inside the pod's namespace, for the length of
 a probe) and by tests (the long-lived stream). TCP listeners echo what they
@@ -69,7 +69,7 @@ def _ports(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tailor.datapath.lab.serve")
+    parser = argparse.ArgumentParser(prog="python3 -m tailor.lab.probing.serve")
     parser.add_argument("--tcp", type=_ports, default=[])
     parser.add_argument("--udp", type=_ports, default=[])
     args = parser.parse_args(argv)

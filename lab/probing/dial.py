@@ -1,4 +1,4 @@
-"""A pod's client: `python3 -m tailor.datapath.lab.dial` (probe mode) or
+"""A pod's client: `python3 -m tailor.lab.probing.dial` (probe mode) or
 `... dial --stream ADDR PORT --seconds S` (stream mode).
 
 Started by probe (one per source pod, inside its namespace) and by tests.
@@ -122,7 +122,7 @@ def stream(address: str, port: int, seconds: float, interval: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tailor.datapath.lab.dial")
+    parser = argparse.ArgumentParser(prog="python3 -m tailor.lab.probing.dial")
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds per connection attempt")
     parser.add_argument("--stream", nargs=2, metavar=("ADDR", "PORT"))
     parser.add_argument("--seconds", type=float, default=5.0)

@@ -1,4 +1,4 @@
-"""An emulated lab node: `python3 -m tailor.datapath.lab.emulated --node N
+"""An emulated lab node: `python3 -m tailor.lab.emulated --node N
 --listen unix:PATH --wire unix:PATH --program-source unix:PATH`.
 
 Started by lab.up (processes.start) for `--backend emulated`, where there
@@ -70,7 +70,7 @@ def _wire_handler(core: core_.Core):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tailor.datapath.lab.emulated")
+    parser = argparse.ArgumentParser(prog="python3 -m tailor.lab.emulated")
     parser.add_argument("--node", required=True)
     parser.add_argument("--listen", required=True, help="the Agent service: unix:/path")
     parser.add_argument("--wire", required=True, help="the lab's Wire service: unix:/path")

@@ -24,7 +24,7 @@ import sys
 import time
 from concurrent import futures
 
-from tailor.datapath.lab import netns as netns_
+from tailor.lab import netns as netns_
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.ports import PROTOCOLS
 from tailor.operator.policy import reachability
@@ -164,7 +164,7 @@ def _kernel(pods: list[dict], ports: dict, timeout: float) -> set[tuple]:
             udp = ",".join(str(p) for proto, p in ports[pod["ref"]] if proto == "UDP")
             if not tcp and not udp:
                 continue
-            argv = netns_.exec_argv(pod["netns"], [sys.executable, "-m", "tailor.datapath.lab.serve",
+            argv = netns_.exec_argv(pod["netns"], [sys.executable, "-m", "tailor.lab.probing.serve",
                                                    "--tcp", tcp, "--udp", udp])
             servers.append((pod, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                   text=True)))
@@ -196,7 +196,7 @@ def _dial_from(src: dict, pods: list[dict], ports: dict, timeout: float) -> set[
             targets.append({"id": len(targets), "address": address, "protocol": protocol, "port": port})
     if not targets:
         return set()
-    argv = netns_.exec_argv(src["netns"], [sys.executable, "-m", "tailor.datapath.lab.dial",
+    argv = netns_.exec_argv(src["netns"], [sys.executable, "-m", "tailor.lab.probing.dial",
                                            "--timeout", str(timeout)])
     proc = subprocess.run(argv, input=json.dumps(targets), capture_output=True, text=True,
                           timeout=timeout * 4 + 20)

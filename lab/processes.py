@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from tailor.datapath.lab import netns as netns_
-from tailor.datapath.lab import state as state_
+from tailor.lab import netns as netns_
+from tailor.lab import state as state_
 
 READY_SECONDS = 30.0
 STOP_SECONDS = 5.0
@@ -34,10 +34,10 @@ def python() -> list[str]:
 
 def agent_argv(data: dict, node: dict) -> list[str]:
     """Kernel: the real agent (`tailor agent`). Emulated: the same core and
-    backend behind datapath/lab/emulated.py, which stands in for the CNI."""
+    backend behind lab/emulated.py, which stands in for the CNI."""
     source = f"unix:{source_socket(data)}"
     if data["backend"] == "emulated":
-        return python() + ["-m", "tailor.datapath.lab.emulated", "--node", node["name"],
+        return python() + ["-m", "tailor.lab.emulated", "--node", node["name"],
                            "--listen", f"unix:{node['agent_socket']}",
                            "--wire", f"unix:{node['cni_socket']}", "--program-source", source]
     argv = python() + ["-m", "tailor.cli.main", "agent", "--node", node["name"],
@@ -58,7 +58,7 @@ def source_socket(data: dict) -> str:
 
 def apiserver_argv(data: dict) -> list[str]:
     api = data["api"]
-    return python() + ["-m", "tailor.datapath.lab.apiserver", "--port", str(api["port"]),
+    return python() + ["-m", "tailor.lab.apiserver", "--port", str(api["port"]),
                        "--kubeconfig", api["kubeconfig"]]
 
 
@@ -73,7 +73,7 @@ def operator_argv(data: dict) -> list[str]:
 
 
 def controller_argv(data: dict) -> list[str]:
-    return python() + ["-m", "tailor.datapath.lab.controller", "--state",
+    return python() + ["-m", "tailor.lab.control.controller", "--state",
                        os.path.join(data["run_dir"], state_.FILE)]
 
 

@@ -2,7 +2,7 @@
 kmock's emulator (in-process, real HTTP) plus what kopf and kubectl read.
 
 `tailor lab up --control operator` runs it as a process
-(`python3 -m tailor.datapath.lab.apiserver --port N --kubeconfig FILE`); the
+(`python3 -m tailor.lab.apiserver --port N --kubeconfig FILE`); the
 tests serve it in-process (tests/operator/kubectl_harness.py). It holds
 objects in memory only: an API server for a lab, not for a cluster.
 
@@ -17,7 +17,7 @@ kmock 0.8 speaks enough Kubernetes for kopf, not for kubectl. Emulator adds
 - the Table format (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`),
   which `kubectl get` asks for and prints: columns from the CRD's
   additionalPrinterColumns (NODE, FEATURES, ... for PodPrograms), NAME and AGE
-  for other resources (api_tables.py renders them);
+  for other resources (tables.py renders them);
 - Namespaces over HTTP: kmock parsed /api/v1/namespaces[/NAME] as "namespace
   NAME, no resource", so Namespaces could not be created, listed, watched or
   fetched (an operator watches them for namespaceSelectors);
@@ -42,24 +42,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import re
 import signal
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
 import attrs
 import kmock
 import yaml
-from tailor.datapath.lab import api_tables, kube_resources
+from tailor.lab.apiserver import tables
+from tailor.lab.apiserver import resources
 
 # The columns the API server's default table has for resources without printers.
 DEFAULT_COLUMNS = (
-    kube_resources.PrinterColumn("Age", "date", ".metadata.creationTimestamp"),
+    resources.PrinterColumn("Age", "date", ".metadata.creationTimestamp"),
 )
 
 
@@ -92,7 +90,7 @@ class Emulator(kmock.KubernetesEmulator):
     `columns` maps a resource key ("tailor.dev/v1alpha1/podprograms") to its
     printer columns; resources not in it get the default NAME, AGE table."""
 
-    columns: dict[kmock.resource, tuple[kube_resources.PrinterColumn, ...]] = attrs.field(factory=dict)
+    columns: dict[kmock.resource, tuple[resources.PrinterColumn, ...]] = attrs.field(factory=dict)
     # kmock keeps every request it served and matches each new one against
     # that whole log (its reactions are filters over it): a request then costs
     # O(requests so far), ~0.14 ms more per request served. This keeps the
@@ -101,9 +99,9 @@ class Emulator(kmock.KubernetesEmulator):
     history: int | None = 16
     _inflight: dict[int, kmock.Request] = attrs.field(factory=dict, init=False)
 
-    def declare(self, resource: kube_resources.CustomResource) -> None:
+    def declare(self, resource: resources.CustomResource) -> None:
         """Declare a custom resource and remember its printer columns."""
-        kube_resources.declare(self, resource)
+        resources.declare(self, resource)
         self.columns[kmock.resource(resource.key)] = resource.printer_columns
 
     async def __call__(self, raw_request):
@@ -166,7 +164,7 @@ class Emulator(kmock.KubernetesEmulator):
         """Serve a CRD created through the API, as the API server does (Helm
         installs crds/ this way, then creates the custom objects), and mark it
         Established and NamesAccepted."""
-        for resource in kube_resources.custom_resources(crd):
+        for resource in resources.custom_resources(crd):
             self.declare(resource)
         crd["status"] = {
             "acceptedNames": crd["spec"]["names"],
@@ -209,10 +207,10 @@ class Emulator(kmock.KubernetesEmulator):
         labels, field_selector = request.params.get("labelSelector"), request.params.get("fieldSelector")
         if labels:
             body["items"] = [o for o in body["items"]
-                             if api_tables.matches(labels, o.get("metadata", {}).get("labels") or {})]
+                             if tables.matches(labels, o.get("metadata", {}).get("labels") or {})]
         if field_selector:
             body["items"] = [o for o in body["items"]
-                             if api_tables.matches(field_selector, api_tables.fields(o))]
+                             if tables.matches(field_selector, tables.fields(o))]
         if wants_table(request):
             return self._table(request, body["items"])
         resource = request.resource
@@ -230,7 +228,7 @@ class Emulator(kmock.KubernetesEmulator):
     def _table(self, request: kmock.Request, objects: list[dict[str, Any]]) -> dict[str, Any]:
         columns = self.columns.get(request.resource, DEFAULT_COLUMNS)
         include = request.params.get("includeObject", "Metadata")
-        return api_tables.table(objects, columns, include, datetime.datetime.now(datetime.timezone.utc))
+        return tables.table(objects, columns, include, datetime.datetime.now(datetime.timezone.utc))
 
 
 # --- kubeconfig and the runner ------------------------------------------------
@@ -257,10 +255,10 @@ def declare_all(emulator: Emulator, *, bundled: bool = True, tailor: bool = True
     if bundled:
         emulator.resources.load_bundled()
     if tailor:
-        emulator.declare(kube_resources.podprograms())
+        emulator.declare(resources.podprograms())
     if admin_policies:
-        kube_resources.declare_admin_policies(emulator)
-        for resource in kube_resources.ADMIN_POLICIES:
+        resources.declare_admin_policies(emulator)
+        for resource in resources.ADMIN_POLICIES:
             emulator.declare(resource)
 
 
@@ -283,7 +281,7 @@ async def serve(host: str, port: int, kubeconfig_path: str | None, ready=None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tailor.datapath.lab.apiserver",
+    parser = argparse.ArgumentParser(prog="python3 -m tailor.lab.apiserver",
                                      description="an in-memory Kubernetes API server (kmock) for a lab")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="default: any free port (the kubeconfig says which)")
@@ -291,54 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     asyncio.run(serve(args.host, args.port, args.kubeconfig))
     return 0
-
-
-class ApiError(Exception):
-    """The API answered an error: the message has the method, path, status and reason."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-class Client:
-    """A synchronous JSON client for the lab (and benchmarks): create, patch,
-    delete, get and list by path. Plain HTTP, no credentials."""
-
-    def __init__(self, url: str, timeout: float = 30.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": content_type} if data else {})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            text = e.read()[:300].decode(errors="replace")
-            try:
-                text = json.loads(text).get("message", text)
-            except ValueError:
-                pass
-            raise ApiError(f"{method} {path}: {e.code} {text}", e.code) from None
-
-    def create(self, path: str, obj: dict) -> dict:
-        return self.request("POST", path, obj)
-
-    def patch(self, path: str, patch: dict) -> dict:
-        return self.request("PATCH", path, patch, "application/merge-patch+json")
-
-    def delete(self, path: str) -> dict:
-        return self.request("DELETE", path)
-
-    def get(self, path: str) -> dict:
-        return self.request("GET", path)
-
-    def items(self, path: str) -> list[dict]:
-        return self.request("GET", path).get("items", [])
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import shutil
 import subprocess
 import sys
 
-from tailor.datapath.lab import netns as netns_
-from tailor.datapath.lab import plan as plan_
+from tailor.lab import netns as netns_
+from tailor.lab import plan as plan_
 
 CNI_VERSION = "1.1.0"
 TIMEOUT_SECONDS = 20

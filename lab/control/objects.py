@@ -1,7 +1,9 @@
-"""What the operator lab creates in its API server, from the lab's manifests
-and state: the objects a cluster would hold before its pods start.
+"""The lab as Kubernetes objects, from its manifests and state: what a
+cluster would hold before its pods start.
 
-Called by lab.up (`--control operator`) and tests. Pure: no I/O.
+Called by both control planes — the lab's controller loads them into the
+operator's engine (`--control lab`), operated creates them in the API server
+(`--control operator`) — and by tests. Pure: no I/O.
 
 - Namespaces: each declared one, and one for every namespace a pod or a
   NetworkPolicy names without declaring it; each carries

@@ -1,7 +1,7 @@
 """The API server's Table rendering and list selectors, as kubectl sees
 them: printer-column cells and ages, label- and fieldSelector matching.
 
-Used by the API emulator (apiserver.py) that the operator lab and the
+Used by the API emulator (server.py) that the operator lab and the
 operator's tests serve. Pure: no I/O.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tailor.datapath.lab import kube_resources
+from tailor.lab.apiserver import resources
 
 
 def age(timestamp: str | None, now: datetime.datetime) -> str | None:
@@ -71,7 +71,7 @@ def lookup(obj: Any, json_path: str) -> Any:
     return obj
 
 
-def cell(value: Any, column: kube_resources.PrinterColumn, now: datetime.datetime) -> Any:
+def cell(value: Any, column: resources.PrinterColumn, now: datetime.datetime) -> Any:
     """One table cell: typed as the column says, None when absent."""
     if value is None:
         return None
@@ -90,7 +90,7 @@ def cell(value: Any, column: kube_resources.PrinterColumn, now: datetime.datetim
     return str(value)
 
 
-def table(objects: Iterable[Mapping[str, Any]], columns: Iterable[kube_resources.PrinterColumn],
+def table(objects: Iterable[Mapping[str, Any]], columns: Iterable[resources.PrinterColumn],
           include: str, now: datetime.datetime) -> dict[str, Any]:
     """A meta.k8s.io/v1 Table: NAME then the columns; each row carries the
     object as `include` asks (None, Metadata — the default — or Object)."""

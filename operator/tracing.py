@@ -1,0 +1,130 @@
+"""Compiled pods traced as one node would run them: every pod's two
+programs loaded in a trace engine (datapath/trace.py: the VM, or the kernel
+through BPF_PROG_TEST_RUN) against shared connection-tracking and endpoint
+maps, and a connection walked through them.
+
+Called by `tailor connectivity --datapath emulated|kernel`, by the
+benchmarks and by the tests that check compiled programs against the model.
+It never consults the policy model: the answer is what the programs return.
+It sits in the operator, above the compiler whose ProgramSpecs and programs
+it loads; the datapath below knows only programs, maps and packets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from tailor.datapath import layout
+from tailor.datapath import packets as pk
+from tailor.datapath import trace
+from tailor.datapath.layout import EGRESS, INGRESS
+from tailor.operator.compiler import mapdata
+from tailor.operator.compiler.program import PodPrograms
+from tailor.operator.compiler.spec import ProgramSpec
+
+CLIENT_PORT = trace.CLIENT_PORT
+
+
+@dataclasses.dataclass
+class Trace:
+    flow: pk.Flow
+    steps: list[trace.Step]
+
+    @property
+    def allowed(self) -> bool:
+        return len(self.steps) == 4 and all(s.passed for s in self.steps)
+
+
+@dataclasses.dataclass
+class _Pod:
+    spec: ProgramSpec
+    programs: PodPrograms
+    loaded: dict[str, object]
+    maps: list[object]
+    mac: bytes
+
+
+class Node:
+    """One node's worth of pods: their programs loaded in `engine` against
+    the node-wide connection-tracking maps and their own peer maps."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.shared = {name: engine.create_map(spec) for name, spec in layout.NODE_MAPS.items()}
+        self.ct = {f: self.shared[spec.name] for f, spec in layout.CT_MAPS.items()}
+        self.pods: dict[str, _Pod] = {}
+
+    def add(self, spec: ProgramSpec, programs: PodPrograms, entries=None) -> None:
+        """Load a pod's two programs with its own maps filled from `entries`
+        ({direction: {map name: {key: value}}}; default: the specialised
+        programs' map data)."""
+        if entries is None:
+            entries = mapdata.entries(spec)
+        loaded, owned = {}, []
+        try:
+            for direction in (INGRESS, EGRESS):
+                program = programs.program(direction)
+                maps = {}
+                for mspec in program.maps:
+                    if mspec.name in self.shared:
+                        maps[mspec.name] = self.shared[mspec.name]
+                        continue
+                    m = self.engine.create_map(mspec)
+                    owned.append(m)
+                    for key, value in entries[direction].get(mspec.name, {}).items():
+                        m.update(key, value)
+                    maps[mspec.name] = m
+                loaded[direction] = self.engine.load(program.insns, maps,
+                                                     f"{direction[:2]}_{len(self.pods)}")
+                owned.append(loaded[direction])
+        except BaseException:
+            for obj in owned:
+                self.engine.close(obj)
+            raise
+        n = len(self.pods)
+        mac = bytes([0x02, 0, 0, 0, n >> 8 & 0xFF, n & 0xFF])
+        # Listed as a local endpoint, so same-node traffic takes the redirect path.
+        host_mac, ifindex = bytes([0x02, 0xFE, 0, 0, n >> 8 & 0xFF, n & 0xFF]), 1000 + n
+        for address in (spec.ipv4, spec.ipv6):
+            if address:
+                family = ipaddress.ip_address(address).version
+                self.shared[layout.ENDPOINT_MAPS[family].name].update(
+                    layout.pack_addr(address), layout.pack_endpoint(ifindex, mac, host_mac))
+        self.pods[spec.pod] = _Pod(spec, programs, loaded, owned, mac)
+
+    def reset_conntrack(self) -> None:
+        for m in self.ct.values():
+            for key in list(m.keys()):
+                m.delete(key)
+
+    def _run(self, pod: _Pod, direction: str, frame: bytes) -> tuple[trace.Step, bytes]:
+        retval, out = self.engine.run(pod.loaded[direction], frame)
+        return trace.Step(pod.spec.pod, direction, retval), out
+
+    def trace(self, src: str, dst: str, flow: pk.Flow) -> Trace:
+        """Walk a connection's first packet and its reply through the programs."""
+        s, d = self.pods[src], self.pods[dst]
+
+        def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
+            return self.engine.run(self.pods[key].loaded[direction], frame)
+
+        _, steps = trace.walk(run, (src, s.mac), (dst, d.mac), flow)
+        return Trace(flow, steps)
+
+    def close(self) -> None:
+        for pod in self.pods.values():
+            for obj in pod.maps:
+                self.engine.close(obj)
+        for m in self.shared.values():
+            self.engine.close(m)
+        self.pods.clear()
+
+
+def flow_between(src: ProgramSpec, dst: ProgramSpec, protocol: str, port: int) -> pk.Flow | None:
+    """The flow a client in `src` opens to `dst`: over IPv4 when both have it,
+    else IPv6; None when they share no family."""
+    for a, b in ((src.ipv4, dst.ipv4), (src.ipv6, dst.ipv6)):
+        if a and b:
+            return pk.Flow(a, b, protocol, CLIENT_PORT, port)
+    return None
+
