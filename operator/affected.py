@@ -32,7 +32,7 @@ def _admin_subjects(state: ClusterState, policy: AdminPolicy) -> set[str]:
 
 
 def _all_admin(state: ClusterState) -> list[AdminPolicy]:
-    return list(state.admin_policies.values()) + ([state.baseline] if state.baseline else [])
+    return state.cluster_wide_policies()
 
 
 def _np_peer_could_match(state: ClusterState, policy: NetworkPolicy, pod: Pod) -> bool:

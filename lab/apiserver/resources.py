@@ -126,29 +126,35 @@ def declare_tailor(k: kmock.KubernetesScaffold) -> CustomResource:
 
 
 # The Network Policy API's resources (sigs.k8s.io/network-policy-api), as its
-# CRDs name them: both cluster-scoped, served as policy.networking.k8s.io/v1alpha1.
+# CRDs name them, all cluster-scoped: AdminNetworkPolicy and
+# BaselineAdminNetworkPolicy (v1alpha1, up to v0.1.7), ClusterNetworkPolicy
+# (v1alpha2, from v0.2.0).
+_AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
+_PRIORITY = PrinterColumn("Priority", "integer", ".spec.priority")
+
+
+def _network_policy_api(version: str, kind: str, short: str, *columns: PrinterColumn) -> CustomResource:
+    """One of the Network Policy API's kinds: cluster-scoped, with status; each
+    ends in Policy, so its plural ends in policies."""
+    return CustomResource(group="policy.networking.k8s.io", version=version, plural=kind.lower()[:-1] + "ies",
+                          singular=kind.lower(), kind=kind, list_kind=f"{kind}List", namespaced=False,
+                          short_names=(short,), categories=(), subresources=("status",),
+                          printer_columns=(*columns, _AGE))
+
+
 ADMIN_POLICIES = (
-    CustomResource(group="policy.networking.k8s.io", version="v1alpha1",
-                   plural="adminnetworkpolicies", singular="adminnetworkpolicy",
-                   kind="AdminNetworkPolicy", list_kind="AdminNetworkPolicyList",
-                   namespaced=False, short_names=("anp",), categories=(),
-                   subresources=("status",), printer_columns=(
-                       PrinterColumn("Priority", "integer", ".spec.priority"),
-                       PrinterColumn("Age", "date", ".metadata.creationTimestamp"))),
-    CustomResource(group="policy.networking.k8s.io", version="v1alpha1",
-                   plural="baselineadminnetworkpolicies", singular="baselineadminnetworkpolicy",
-                   kind="BaselineAdminNetworkPolicy", list_kind="BaselineAdminNetworkPolicyList",
-                   namespaced=False, short_names=("banp",), categories=(),
-                   subresources=("status",), printer_columns=(
-                       PrinterColumn("Age", "date", ".metadata.creationTimestamp"),)),
+    _network_policy_api("v1alpha1", "AdminNetworkPolicy", "anp", _PRIORITY),
+    _network_policy_api("v1alpha1", "BaselineAdminNetworkPolicy", "banp"),
+    _network_policy_api("v1alpha2", "ClusterNetworkPolicy", "cnp",
+                        PrinterColumn("Tier", "string", ".spec.tier"), _PRIORITY),
 )
 
 NETWORK_POLICIES = "networking.k8s.io/v1/networkpolicies"
 
 
 def declare_admin_policies(k: kmock.KubernetesScaffold) -> tuple[CustomResource, ...]:
-    """Declare AdminNetworkPolicy and BaselineAdminNetworkPolicy, and
-    NetworkPolicy too when the emulator's resources lack it (no load_bundled())."""
+    """Declare AdminNetworkPolicy, BaselineAdminNetworkPolicy and
+    ClusterNetworkPolicy, and NetworkPolicy too when the emulator's resources lack it (no load_bundled())."""
     for resource in ADMIN_POLICIES:
         declare(k, resource)
     if NETWORK_POLICIES not in k.resources:

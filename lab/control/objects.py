@@ -12,8 +12,8 @@ operator's engine (`--control lab`), operated creates them in the API server
   their underlay InternalIPs and the annotation `tailor.dev/agent-address`
   saying where the node's agent listens (a unix socket the operator reaches
   from the root namespace).
-- NetworkPolicies, AdminNetworkPolicies, the BaselineAdminNetworkPolicy: as
-  written.
+- NetworkPolicies, AdminNetworkPolicies, the BaselineAdminNetworkPolicy,
+  ClusterNetworkPolicies: as written.
 - Pods: each lab pod bound to its node (`spec.nodeName`, as the scheduler
   leaves it) with the lab's uid, no status: the lab reports the addresses
   after CNI ADD, as a kubelet does. A workload becomes its representative pod
@@ -28,15 +28,13 @@ import copy
 import ipaddress
 from collections.abc import Mapping
 
-from tailor.operator.cluster import manifests, pods
+from tailor.operator.cluster import adminpolicy, manifests, pods
 from tailor.operator.cluster.state import NAMESPACE_NAME_LABEL
 
 AGENT_ANNOTATION = "tailor.dev/agent-address"
-POLICY_KINDS = ("NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
+POLICY_KINDS = ("NetworkPolicy", *adminpolicy.KINDS)
 API_VERSIONS = {"Namespace": "v1", "Node": "v1", "Pod": "v1",
-                "NetworkPolicy": "networking.k8s.io/v1",
-                "AdminNetworkPolicy": "policy.networking.k8s.io/v1alpha1",
-                "BaselineAdminNetworkPolicy": "policy.networking.k8s.io/v1alpha1"}
+                "NetworkPolicy": "networking.k8s.io/v1", **adminpolicy.API_VERSIONS}
 PATHS = {
     "Namespace": "/api/v1/namespaces",
     "Node": "/api/v1/nodes",
@@ -44,6 +42,7 @@ PATHS = {
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     "AdminNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
     "BaselineAdminNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
+    "ClusterNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
     "PodProgram": "/apis/tailor.dev/v1alpha1/namespaces/{ns}/podprograms",
 }
 ALL_PODPROGRAMS = "/apis/tailor.dev/v1alpha1/podprograms"

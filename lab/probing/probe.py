@@ -136,10 +136,8 @@ def model(lab: dict):
     cluster.nodes = dict(declared.nodes)
     for policy in declared.network_policies.values():
         cluster.add_network_policy(policy)
-    for policy in declared.admin_policies.values():
+    for policy in declared.cluster_wide_policies():
         cluster.add_admin_policy(policy)
-    if declared.baseline is not None:
-        cluster.add_admin_policy(declared.baseline)
     for pod in declared.sorted_pods():
         if pod.ref in at:
             cluster.add_pod(dataclasses.replace(pod, ips=at[pod.ref]))

@@ -1,10 +1,22 @@
-"""AdminNetworkPolicy and BaselineAdminNetworkPolicy
-(policy.networking.k8s.io/v1alpha1): the parsed, validated objects.
+"""The cluster-wide policies, parsed and validated: AdminNetworkPolicy and
+BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1) and
+ClusterNetworkPolicy (v1alpha2), all as one `AdminPolicy` with its tier.
 
-`parse_anp(obj, name)` and `parse_banp(obj, name)` are called by
-cluster.manifests (later also the kopf handlers); they apply the CRD schema's
-defaults and validation and raise `InvalidSpec` with the field path. The
-semantics live in policy.admin. Purely data-manipulative, no I/O.
+`parse_anp`, `parse_banp` and `parse_cnp` (obj, name) are called by
+cluster.manifests and the operator's event translation; they apply the CRD
+schema's defaults and validation and raise `InvalidSpec` with the field
+path. The semantics live in policy.admin. Purely data-manipulative, no I/O.
+
+The two API versions differ only in their surface, normalised here:
+v1alpha2 folds ANP and BANP into one kind with `spec.tier` (Admin, ordered
+before NetworkPolicy; Baseline, after it), names the allow action `Accept`
+(stored as ALLOW, the v1alpha1 word, so the semantics and the compiler see
+one vocabulary), writes ports as `protocols` (`tcp`/`udp`/`sctp` with a
+`destinationPort` number or range, or `destinationNamedPort`), lets a `pods`
+subject or peer omit its namespaceSelector (all namespaces), gives the
+Baseline tier priorities and Pass, and allows 25 items where v1alpha1 allowed
+100. A selector the schema requires but a manifest leaves out decodes as the
+API's Go types decode it: the empty selector (`{}`, everything).
 
 Supported peers (PeerKind): ingress `namespaces`, `pods`; egress
 `namespaces`, `pods`, `nodes` (matched by the selected Node objects'
@@ -24,14 +36,16 @@ from tailor.operator.cluster.networkpolicy import parse_cidr
 from tailor.operator.errors import InvalidSpec
 
 API_VERSION = "policy.networking.k8s.io/v1alpha1"
-ANP_ACTIONS = ("Allow", "Deny", "Pass")
-BANP_ACTIONS = ("Allow", "Deny")
+CNP_API_VERSION = "policy.networking.k8s.io/v1alpha2"
+ANP, BANP, CNP = "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"
+KINDS = (ANP, BANP, CNP)
 BANP_NAME = "default"
 MIN_PRIORITY, MAX_PRIORITY = 0, 1000
-MAX_RULES = 100
-MAX_PEERS = 100
-MAX_PORTS = 100
 MAX_NETWORKS = 25
+# The tiers a cluster-wide policy sits in, around NetworkPolicy.
+ADMIN_TIER, BASELINE_TIER = "Admin", "Baseline"
+TIERS = (ADMIN_TIER, BASELINE_TIER)
+ALLOW, DENY, PASS = "Allow", "Deny", "Pass"
 
 
 class PeerKind(enum.StrEnum):
@@ -52,6 +66,24 @@ class PeerKind(enum.StrEnum):
 POD_PEER_KINDS = (PeerKind.NAMESPACES, PeerKind.PODS)
 SUBJECT_KINDS = INGRESS_PEER_KINDS = POD_PEER_KINDS
 EGRESS_PEER_KINDS = tuple(PeerKind)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dialect:
+    """What differs between the API versions' rule lists."""
+    actions: Mapping[str, str]          # action as written -> ALLOW / DENY / PASS
+    max_items: int                      # rules per direction, peers per rule, ports per rule
+    ports_field: str                    # "ports" (v1alpha1) or "protocols" (v1alpha2)
+    # Refuse a rule field the version does not define. An API server would
+    # prune it (or refuse it, as kubectl's default strict validation does);
+    # pruned, a v1alpha1 `ports` in a v1alpha2 rule would widen the rule to
+    # every port: refusing fails closed.
+    strict_rules: bool = False
+
+
+_ANP = _Dialect({ALLOW: ALLOW, DENY: DENY, PASS: PASS}, 100, "ports")
+_BANP = _Dialect({ALLOW: ALLOW, DENY: DENY}, 100, "ports")
+_CNP = _Dialect({"Accept": ALLOW, DENY: DENY, PASS: PASS}, 25, "protocols", strict_rules=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +108,8 @@ class AdminPeer:
 
 @dataclasses.dataclass(frozen=True)
 class AdminRule:
-    """One rule. `ports` None means the rule does not filter by port."""
+    """One rule. `action` is ALLOW, DENY or PASS (v1alpha2's Accept is
+    ALLOW). `ports` None means the rule does not filter by port."""
     name: str
     action: str
     peers: tuple[AdminPeer, ...]
@@ -85,32 +118,32 @@ class AdminRule:
 
 @dataclasses.dataclass(frozen=True)
 class AdminPolicy:
-    """An AdminNetworkPolicy (`kind` "AdminNetworkPolicy", `priority` set) or
-    the BaselineAdminNetworkPolicy (`priority` None)."""
+    """A cluster-wide policy in its tier: an AdminNetworkPolicy (Admin), the
+    BaselineAdminNetworkPolicy (Baseline, `priority` None) or a
+    ClusterNetworkPolicy (either tier, with a priority)."""
     kind: str
     name: str
     priority: int | None
     subject: Subject
     ingress: tuple[AdminRule, ...] = ()
     egress: tuple[AdminRule, ...] = ()
+    tier: str = ADMIN_TIER
 
     @property
     def ref(self) -> str:
         return self.name
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """(kind, name): an ANP and a CNP may share a name."""
+        return (self.kind, self.name)
+
 
 def parse_anp(obj: Mapping, name: str) -> AdminPolicy:
     spec = _spec(obj)
-    priority = spec.get("priority")
-    if priority is None:
-        raise InvalidSpec("spec.priority", "Required value")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidSpec("spec.priority", f"{priority!r} must be an integer")
-    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise InvalidSpec("spec.priority", f"{priority} must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
-    return AdminPolicy("AdminNetworkPolicy", name, priority, _parse_subject(spec.get("subject")),
-                       _parse_rules(spec, "ingress", ANP_ACTIONS),
-                       _parse_rules(spec, "egress", ANP_ACTIONS))
+    return AdminPolicy(ANP, name, _priority(spec), _parse_subject(spec.get("subject")),
+                       _parse_rules(spec, "ingress", _ANP), _parse_rules(spec, "egress", _ANP),
+                       ADMIN_TIER)
 
 
 def parse_banp(obj: Mapping, name: str) -> AdminPolicy:
@@ -118,9 +151,36 @@ def parse_banp(obj: Mapping, name: str) -> AdminPolicy:
         raise InvalidSpec("metadata.name", f"{name!r}: only one baseline admin network policy with "
                                            f"metadata.name=\"{BANP_NAME}\" can be created in the cluster")
     spec = _spec(obj)
-    return AdminPolicy("BaselineAdminNetworkPolicy", name, None, _parse_subject(spec.get("subject")),
-                       _parse_rules(spec, "ingress", BANP_ACTIONS),
-                       _parse_rules(spec, "egress", BANP_ACTIONS))
+    return AdminPolicy(BANP, name, None, _parse_subject(spec.get("subject")),
+                       _parse_rules(spec, "ingress", _BANP), _parse_rules(spec, "egress", _BANP),
+                       BASELINE_TIER)
+
+
+def parse_cnp(obj: Mapping, name: str) -> AdminPolicy:
+    spec = _spec(obj)
+    tier = spec.get("tier")
+    if tier is None:
+        raise InvalidSpec("spec.tier", "Required value")
+    if tier not in TIERS:
+        raise InvalidSpec("spec.tier", f"Unsupported value: {tier!r}: supported values: "
+                                       + ", ".join(f'"{t}"' for t in TIERS))
+    return AdminPolicy(CNP, name, _priority(spec), _parse_subject(spec.get("subject")),
+                       _parse_rules(spec, "ingress", _CNP), _parse_rules(spec, "egress", _CNP), tier)
+
+
+PARSERS = {ANP: parse_anp, BANP: parse_banp, CNP: parse_cnp}
+API_VERSIONS = {ANP: API_VERSION, BANP: API_VERSION, CNP: CNP_API_VERSION}
+
+
+def _priority(spec: Mapping) -> int:
+    priority = spec.get("priority")
+    if priority is None:
+        raise InvalidSpec("spec.priority", "Required value")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidSpec("spec.priority", f"{priority!r} must be an integer")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidSpec("spec.priority", f"{priority} must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+    return priority
 
 
 def _spec(obj: Mapping) -> Mapping:
@@ -157,21 +217,29 @@ def _parse_subject(subject) -> Subject:
 
 
 def _namespaced_pod(obj, path: str):
+    """A `pods` subject or peer: (namespace selector, pod selector). Either
+    left out decodes as the API's Go types decode it — the empty selector:
+    the CRDs mark them required, but the structs hold them by value, and a
+    v1alpha2 namespaceSelector is optional (all namespaces) by the API."""
     if not isinstance(obj, Mapping):
         raise InvalidSpec(path, "must be an object with namespaceSelector and podSelector")
-    return (selectors.parse(obj.get("namespaceSelector"), f"{path}.namespaceSelector"),
-            selectors.parse(obj.get("podSelector"), f"{path}.podSelector"))
+    return (_selector_or_all(obj.get("namespaceSelector"), f"{path}.namespaceSelector"),
+            _selector_or_all(obj.get("podSelector"), f"{path}.podSelector"))
 
 
-def _parse_rules(spec: Mapping, direction: str, actions: tuple[str, ...]) -> tuple[AdminRule, ...]:
+def _selector_or_all(obj, path: str) -> selectors.LabelSelector:
+    return selectors.MATCH_ALL if obj is None else selectors.parse(obj, path)
+
+
+def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect) -> tuple[AdminRule, ...]:
     rules = spec.get(direction)
     path = f"spec.{direction}"
     if rules is None:
         return ()
     if not isinstance(rules, list):
         raise InvalidSpec(path, "must be a list of rules")
-    if len(rules) > MAX_RULES:
-        raise InvalidSpec(path, f"must have at most {MAX_RULES} items, got {len(rules)}")
+    if len(rules) > dialect.max_items:
+        raise InvalidSpec(path, f"must have at most {dialect.max_items} items, got {len(rules)}")
     peers_field = "from" if direction == "ingress" else "to"
     peer_kinds = INGRESS_PEER_KINDS if direction == "ingress" else EGRESS_PEER_KINDS
     parsed = []
@@ -179,6 +247,11 @@ def _parse_rules(spec: Mapping, direction: str, actions: tuple[str, ...]) -> tup
         where = f"{path}[{i}]"
         if not isinstance(rule, Mapping):
             raise InvalidSpec(where, "must be a rule object")
+        known = ("name", "action", peers_field, dialect.ports_field)
+        unknown = [k for k in rule if k not in known] if dialect.strict_rules else []
+        if unknown:
+            raise InvalidSpec(f"{where}.{unknown[0]}", "unknown field (a rule has "
+                                                      + ", ".join(known) + ")")
         name = rule.get("name", "")
         if not isinstance(name, str) or len(name) > 100:
             raise InvalidSpec(f"{where}.name", f"{name!r} must be a string of at most 100 characters "
@@ -186,18 +259,20 @@ def _parse_rules(spec: Mapping, direction: str, actions: tuple[str, ...]) -> tup
         action = rule.get("action")
         if action is None:
             raise InvalidSpec(f"{where}.action", "Required value")
-        if action not in actions:
+        if not isinstance(action, str) or action not in dialect.actions:
             raise InvalidSpec(f"{where}.action", f"Unsupported value: {action!r}: supported values: "
-                                                 + ", ".join(f'"{a}"' for a in actions))
+                                                 + ", ".join(f'"{a}"' for a in dialect.actions))
         peers = rule.get(peers_field)
         if not isinstance(peers, list) or not peers:
             raise InvalidSpec(f"{where}.{peers_field}", "Required value: must contain at least one peer")
-        if len(peers) > MAX_PEERS:
-            raise InvalidSpec(f"{where}.{peers_field}", f"must have at most {MAX_PEERS} items")
+        if len(peers) > dialect.max_items:
+            raise InvalidSpec(f"{where}.{peers_field}", f"must have at most {dialect.max_items} items")
+        ports_path = f"{where}.{dialect.ports_field}"
+        parse_ports = _parse_protocols if dialect is _CNP else _parse_ports
         parsed.append(AdminRule(
-            name, action,
+            name, dialect.actions[action],
             tuple(_parse_peer(p, f"{where}.{peers_field}[{j}]", peer_kinds) for j, p in enumerate(peers)),
-            _parse_ports(rule.get("ports"), f"{where}.ports")))
+            parse_ports(rule.get(dialect.ports_field), ports_path, dialect.max_items)))
     return tuple(parsed)
 
 
@@ -220,7 +295,7 @@ def _parse_peer(peer, path: str, kinds: tuple[PeerKind, ...]) -> AdminPeer:
     return AdminPeer(kind, networks=tuple(parse_cidr(c, f"{where}[{i}]") for i, c in enumerate(value)))
 
 
-def _parse_ports(port_list, path: str) -> tuple[ports_.PortMatch, ...] | None:
+def _port_list(port_list, path: str, max_items: int) -> list | None:
     if port_list is None:
         return None
     if not isinstance(port_list, list):
@@ -228,9 +303,59 @@ def _parse_ports(port_list, path: str) -> tuple[ports_.PortMatch, ...] | None:
     if not port_list:
         # The API gives an explicit empty list no meaning; refuse rather than guess.
         raise InvalidSpec(path, "must contain at least one port when present (omit it to match all ports)")
-    if len(port_list) > MAX_PORTS:
-        raise InvalidSpec(path, f"must have at most {MAX_PORTS} items")
+    if len(port_list) > max_items:
+        raise InvalidSpec(path, f"must have at most {max_items} items")
+    return port_list
+
+
+def _parse_ports(port_list, path: str, max_items: int) -> tuple[ports_.PortMatch, ...] | None:
+    """v1alpha1 `ports`: portNumber, portRange or namedPort."""
+    port_list = _port_list(port_list, path, max_items)
+    if port_list is None:
+        return None
     return tuple(_parse_port(p, f"{path}[{i}]") for i, p in enumerate(port_list))
+
+
+def _parse_protocols(port_list, path: str, max_items: int) -> tuple[ports_.PortMatch, ...] | None:
+    """v1alpha2 `protocols`: each exactly one of tcp / udp / sctp (with a
+    destinationPort number or range) or destinationNamedPort."""
+    port_list = _port_list(port_list, path, max_items)
+    if port_list is None:
+        return None
+    out = []
+    for i, entry in enumerate(port_list):
+        where = f"{path}[{i}]"
+        field = _one_of(entry, where, ("tcp", "udp", "sctp", "destinationNamedPort"))
+        value = entry[field]
+        if field == "destinationNamedPort":
+            out.append(ports_.PortMatch(None, name=ports_.parse_port_name(value, f"{where}.{field}")))
+            continue
+        where = f"{where}.{field}"
+        if not isinstance(value, Mapping) or value.get("destinationPort") is None:
+            raise InvalidSpec(f"{where}.destinationPort", "Required value")
+        out.append(_destination_port(field.upper(), value["destinationPort"], f"{where}.destinationPort"))
+    return tuple(out)
+
+
+def _destination_port(protocol: str, port, path: str) -> ports_.PortMatch:
+    kind = _one_of(port, path, ("number", "range"))
+    if kind == "number":
+        number = ports_.parse_port_number(port["number"], f"{path}.number")
+        return ports_.PortMatch(protocol, number, number)
+    return _port_range(protocol, port["range"], f"{path}.range")
+
+
+def _port_range(protocol: str, value, path: str) -> ports_.PortMatch:
+    if not isinstance(value, Mapping):
+        raise InvalidSpec(path, "must be an object with start and end")
+    for field in ("start", "end"):
+        if value.get(field) is None:
+            raise InvalidSpec(f"{path}.{field}", "Required value")
+    start = ports_.parse_port_number(value["start"], f"{path}.start")
+    end = ports_.parse_port_number(value["end"], f"{path}.end")
+    if start >= end:
+        raise InvalidSpec(path, f"start ({start}) must be less than end ({end})")
+    return ports_.PortMatch(protocol, start, end)
 
 
 def _parse_port(port, path: str) -> ports_.PortMatch:
@@ -247,11 +372,4 @@ def _parse_port(port, path: str) -> ports_.PortMatch:
             raise InvalidSpec(f"{where}.port", "Required value")
         number = ports_.parse_port_number(value["port"], f"{where}.port")
         return ports_.PortMatch(protocol, number, number)
-    for field in ("start", "end"):
-        if value.get(field) is None:
-            raise InvalidSpec(f"{where}.{field}", "Required value")
-    start = ports_.parse_port_number(value["start"], f"{where}.start")
-    end = ports_.parse_port_number(value["end"], f"{where}.end")
-    if start >= end:
-        raise InvalidSpec(where, f"start ({start}) must be less than end ({end})")
-    return ports_.PortMatch(protocol, start, end)
+    return _port_range(protocol, value, where)

@@ -7,10 +7,19 @@ touches files.
 Files: *.yaml, *.yml and *.json, folders recursively (sorted, so the result is
 deterministic), YAML files with several documents. Kinds read: Namespace,
 Node, Pod, workloads (see cluster.pods), NetworkPolicy,
-AdminNetworkPolicy, BaselineAdminNetworkPolicy, and `List` (or any `*List`
-with `items`), which flattens. Other kinds are ignored with a note in
-`state.warnings`. An invalid object raises `ManifestError` naming the file, the
-object and the field.
+AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy, and
+`List` (or any `*List` with `items`), which flattens. Other kinds are ignored
+with a note in `state.warnings`. An invalid object raises `ManifestError`
+naming the file, the object and the field.
+
+Objects are read as the API server and its clients read them, so that what
+`kubectl get ... -o json|yaml` prints is input as it is: a typed list's
+items (`PodList`, `NamespaceList`: the API server leaves their kind and
+apiVersion out) take their kind from the list's kind and their apiVersion
+from the list's; fields the API only sets (status, managedFields,
+resourceVersion, ...) are ignored; a workload whose own pods (or
+ReplicaSets, Jobs) are in the input, by their ownerReferences, is
+represented by them instead of by a pod made from its template.
 """
 from __future__ import annotations
 
@@ -27,12 +36,8 @@ from tailor.operator.cluster.state import ClusterState
 from tailor.operator.errors import InvalidSpec, ManifestError
 
 SUFFIXES = (".yaml", ".yml", ".json")
-CLUSTER_SCOPED = ("Namespace", "Node", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
-_API_VERSIONS = {
-    "NetworkPolicy": networkpolicy.API_VERSION,
-    "AdminNetworkPolicy": adminpolicy.API_VERSION,
-    "BaselineAdminNetworkPolicy": adminpolicy.API_VERSION,
-}
+CLUSTER_SCOPED = ("Namespace", "Node", *adminpolicy.KINDS)
+_API_VERSIONS = {"NetworkPolicy": networkpolicy.API_VERSION, **adminpolicy.API_VERSIONS}
 
 
 def load(paths: Iterable[str]) -> ClusterState:
@@ -75,8 +80,9 @@ def read(path: str) -> list[tuple[str, object]]:
 
 def apply(state: ClusterState, docs: Iterable[tuple[str, object]]) -> None:
     """Create or replace each object in `state`. Pods that state their
-    addresses go first, so pods without get addresses none of them holds."""
-    objects = list(_flatten(docs))
+    addresses go first, so pods without get addresses none of them holds.
+    Workloads whose own objects are in the input are left to them."""
+    objects = _without_represented(list(_flatten(docs)))
     stated = [(f, o) for f, o in objects if _states_addresses(o)]
     rest = [(f, o) for f, o in objects if not _states_addresses(o)]
     for file, obj in stated + rest:
@@ -113,10 +119,8 @@ def apply_object(state: ClusterState, obj: Mapping, file: str = "<object>") -> N
             state.add_pod(pod, families)
         elif kind == "NetworkPolicy":
             state.add_network_policy(networkpolicy.parse(obj, namespace, name))
-        elif kind == "AdminNetworkPolicy":
-            state.add_admin_policy(adminpolicy.parse_anp(obj, name))
-        elif kind == "BaselineAdminNetworkPolicy":
-            state.add_admin_policy(adminpolicy.parse_banp(obj, name))
+        elif kind in adminpolicy.PARSERS:
+            state.add_admin_policy(adminpolicy.PARSERS[kind](obj, name))
         else:
             state.warnings.append(f"{file}: ignored {what}: kind not used by tailor")
     except InvalidSpec as exc:
@@ -141,9 +145,53 @@ def _flatten(docs: Iterable[tuple[str, object]]) -> Iterator[tuple[str, Mapping]
             items = doc.get("items") or []
             if not isinstance(items, list):
                 raise ManifestError(file, kind, "items", "must be a list of objects")
-            yield from _flatten((file, item) for item in items)
+            yield from _flatten((file, _typed_item(kind, doc.get("apiVersion"), item)) for item in items)
         else:
             yield file, doc
+
+
+def _typed_item(list_kind: str, api_version, item):
+    """An item of a typed list (`PodList`) as its client decodes it: the API
+    server sends items without kind and apiVersion, the list's kind less
+    `List` and the list's apiVersion are theirs. A plain `List` gives its
+    items nothing: they name their own kind."""
+    if (not isinstance(item, Mapping) or list_kind == "List" or item.get("kind")
+            or item.get("apiVersion")):
+        return item
+    return {**item, "kind": list_kind[:-len("List")], "apiVersion": api_version}
+
+
+# The kinds that make pods, and the kinds that make the objects they own.
+_OWNER_KINDS = frozenset(WORKLOAD_KINDS)
+
+
+def _without_represented(objects: list[tuple[str, Mapping]]) -> list[tuple[str, Mapping]]:
+    """Drop the workloads that something in the input says it belongs to
+    (ownerReferences): a Deployment whose ReplicaSet is there, a ReplicaSet
+    whose pods are there. Their pods stand for them, as in a cluster; a
+    workload nothing owns by stays as its representative pod."""
+    owned: set[tuple[str | None, str, str]] = set()
+    uids: set[str] = set()
+    for _, obj in objects:
+        meta = obj.get("metadata")
+        if not isinstance(meta, Mapping):
+            continue
+        for ref in meta.get("ownerReferences") or []:
+            if isinstance(ref, Mapping) and ref.get("kind") in _OWNER_KINDS:
+                owned.add((meta.get("namespace") or "default", ref["kind"], ref.get("name")))
+                if ref.get("uid"):
+                    uids.add(ref["uid"])
+    if not owned:
+        return objects
+    keep = []
+    for file, obj in objects:
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        kind = obj.get("kind")
+        if kind in _OWNER_KINDS and ((meta.get("uid") and meta["uid"] in uids) or
+                                     (meta.get("namespace") or "default", kind, meta.get("name")) in owned):
+            continue
+        keep.append((file, obj))
+    return keep
 
 
 def _node(obj: Mapping, name: str, meta: Mapping) -> Node:

@@ -73,10 +73,15 @@ class NetworkPolicy:
 
 def parse(obj: Mapping, namespace: str, name: str) -> NetworkPolicy:
     spec = obj.get("spec")
+    # The spec, too, is held by value: absent, it is the zero spec — every
+    # pod of the namespace, policyTypes defaulted to [Ingress], no rules: a
+    # default deny of ingress, as the API server stores it.
+    spec = {} if spec is None else spec
     if not isinstance(spec, Mapping):
-        raise InvalidSpec("spec", "Required value")
-    # podSelector is required in the schema; `{}` selects every pod of the namespace.
-    pod_selector = selectors.parse(spec.get("podSelector"), "spec.podSelector")
+        raise InvalidSpec("spec", f"must be an object, got {type(spec).__name__}")
+    # podSelector is held by value in the API's Go type: absent (or null)
+    # decodes as `{}`, every pod of the namespace, and is stored so.
+    pod_selector = selectors.parse_optional(spec.get("podSelector"), "spec.podSelector") or selectors.MATCH_ALL
     ingress = _parse_rules(spec.get("ingress"), "spec.ingress", "from")
     egress = _parse_rules(spec.get("egress"), "spec.egress", "to")
     types = spec.get("policyTypes")

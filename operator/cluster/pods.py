@@ -72,8 +72,13 @@ def _container_ports(spec: Mapping, path: str) -> tuple[ports_.ContainerPort, ..
     for i, container in enumerate(spec.get("containers") or []):
         for j, port in enumerate((container or {}).get("ports") or []):
             where = f"{path}.containers[{i}].ports[{j}]"
-            if not isinstance(port, Mapping) or port.get("containerPort") is None:
-                raise InvalidSpec(f"{where}.containerPort", "Required value")
+            if not isinstance(port, Mapping):
+                raise InvalidSpec(where, "must be a container port object")
+            if port.get("containerPort") is None:
+                # Decoded as the API's Go types decode it (0): a port that
+                # names no number serves nothing, and no named port resolves
+                # to it.
+                continue
             number = ports_.parse_port_number(port["containerPort"], f"{where}.containerPort")
             protocol = ports_.parse_protocol(port.get("protocol"), f"{where}.protocol")
             name = port.get("name")

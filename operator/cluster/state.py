@@ -5,8 +5,12 @@ step) and later by the kopf handlers (from watch events); read by the policy
 evaluator and the compiler. Purely data-manipulative, no I/O.
 
 Keys: namespaces and nodes by name, pods by (namespace, name, kind),
-NetworkPolicies by (namespace, name), AdminNetworkPolicies by name; there is at
-most one BaselineAdminNetworkPolicy. Namespaces that pods or policies refer to
+NetworkPolicies by (namespace, name), AdminNetworkPolicies and
+ClusterNetworkPolicies by name (each kind its own dict: an ANP and a CNP may
+share a name); there is at most one BaselineAdminNetworkPolicy. The
+cluster-wide policies are read in their tiers: `admin_tier()` (ANPs and
+Admin CNPs) before NetworkPolicy, `baseline_tier()` (Baseline CNPs, then the
+BANP) after it. Namespaces that pods or policies refer to
 but that were never declared exist implicitly with the default label
 `kubernetes.io/metadata.name: <name>` (which every namespace carries).
 """
@@ -16,6 +20,7 @@ import dataclasses
 from collections.abc import Iterator
 
 from tailor.operator.cluster import addresses
+from tailor.operator.cluster import adminpolicy
 from tailor.operator.cluster.adminpolicy import AdminPolicy
 from tailor.operator.cluster.networkpolicy import NetworkPolicy
 from tailor.operator.cluster.objects import NAMESPACE_NAME_LABEL, Namespace, Node, Pod
@@ -29,8 +34,9 @@ class ClusterState:
         self.nodes: dict[str, Node] = {}
         self.pods: dict[PodKey, Pod] = {}
         self.network_policies: dict[tuple[str, str], NetworkPolicy] = {}
-        self.admin_policies: dict[str, AdminPolicy] = {}
-        self.baseline: AdminPolicy | None = None
+        self.admin_policies: dict[str, AdminPolicy] = {}       # AdminNetworkPolicies
+        self.baseline: AdminPolicy | None = None               # the BaselineAdminNetworkPolicy
+        self.cluster_policies: dict[str, AdminPolicy] = {}     # ClusterNetworkPolicies, both tiers
         self.warnings: list[str] = []
         self._pods_by_namespace: dict[str, dict[PodKey, Pod]] = {}
         self._pods_by_ip: dict[str, Pod] = {}
@@ -86,7 +92,10 @@ class ClusterState:
         self._policies_by_namespace.setdefault(policy.namespace, {})[policy.name] = policy
 
     def add_admin_policy(self, policy: AdminPolicy) -> None:
-        if policy.priority is None:
+        """Create or replace a cluster-wide policy (ANP, BANP or CNP)."""
+        if policy.kind == adminpolicy.CNP:
+            self.cluster_policies[policy.name] = policy
+        elif policy.priority is None:
             self.baseline = policy
         else:
             self.admin_policies[policy.name] = policy
@@ -110,8 +119,10 @@ class ClusterState:
             if policy is not None:
                 del self._policies_by_namespace[namespace][name]
             return policy is not None
-        if kind == "AdminNetworkPolicy":
+        if kind == adminpolicy.ANP:
             return self.admin_policies.pop(name, None) is not None
+        if kind == adminpolicy.CNP:
+            return self.cluster_policies.pop(name, None) is not None
         if kind == "BaselineAdminNetworkPolicy":
             found = self.baseline is not None and self.baseline.name == name
             if found:
@@ -166,6 +177,22 @@ class ClusterState:
         return [policies[n] for n in sorted(policies)]
 
     def admin_policies_in_order(self) -> list[AdminPolicy]:
-        """ANPs in evaluation order: lower priority number first; equal
-        priorities (undefined in the API) by name, so the order is stable."""
-        return sorted(self.admin_policies.values(), key=lambda p: (p.priority, p.name))
+        """The Admin tier in evaluation order: ANPs and Admin-tier CNPs, lower
+        priority number first. Equal priorities are undefined in the API;
+        tailor orders them by kind (v1alpha1 first), then name, so the order
+        is stable."""
+        tier = list(self.admin_policies.values()) + [
+            p for p in self.cluster_policies.values() if p.tier == adminpolicy.ADMIN_TIER]
+        return sorted(tier, key=lambda p: (p.priority, p.kind, p.name))
+
+    def baseline_policies_in_order(self) -> list[AdminPolicy]:
+        """The Baseline tier in evaluation order: Baseline-tier CNPs by
+        priority (then name), then the BANP, which has no priority and is the
+        older API's last word."""
+        tier = sorted((p for p in self.cluster_policies.values() if p.tier == adminpolicy.BASELINE_TIER),
+                      key=lambda p: (p.priority, p.name))
+        return tier + ([self.baseline] if self.baseline is not None else [])
+
+    def cluster_wide_policies(self) -> list[AdminPolicy]:
+        """Every ANP, CNP and the BANP, in tier order."""
+        return self.admin_policies_in_order() + self.baseline_policies_in_order()

@@ -81,19 +81,18 @@ def resolve(state: ClusterState, pod: Pod, *, mac: bytes = b"\0" * 6, ifindex: i
 
 
 def _tiers(state: ClusterState, pod: Pod, acc: _Direction) -> list[S.Tier]:
-    anps, banp = admin.applying(state, pod)
+    admins, baselines = admin.applying(state, pod)
     tiers = []
-    admin_rules = [r for p in anps for r in _admin_rules(state, p, acc)]
+    admin_rules = [r for p in admins for r in _admin_rules(state, p, acc)]
     if admin_rules:
         tiers.append(S.Tier(S.TierKind.ADMIN, tuple(admin_rules)))
     isolating = netpol.isolating(state, pod, acc.direction)
     if isolating:
         tiers.append(S.Tier(S.TierKind.NETWORK,
                             tuple(r for p in isolating for r in _np_rules(state, p, acc))))
-    if banp is not None:
-        baseline = _admin_rules(state, banp, acc)
-        if baseline:
-            tiers.append(S.Tier(S.TierKind.BASELINE, tuple(baseline)))
+    baseline = [r for p in baselines for r in _admin_rules(state, p, acc)]
+    if baseline:
+        tiers.append(S.Tier(S.TierKind.BASELINE, tuple(baseline)))
     return tiers
 
 

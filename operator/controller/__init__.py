@@ -16,6 +16,7 @@ Modules, from the API to the agents:
     resync       task: list the API, drop deletions a dropped watch missed
     agents       node -> agent address -> gRPC stub
     podprograms  PodProgram objects and status, Events on pods
+    policystatus status.conditions on ANPs, BANPs and CNPs: accepted, or why not
     kube         a small Kubernetes API client (aiohttp)
     lease        one active operator (coordination.k8s.io Lease)
     metrics      Prometheus /metrics from the engine's counters

@@ -14,7 +14,8 @@ the PodProgram writer its queue, and the Lease is released.
 
 The Controller owns one of each: engine (state), agents (channels), pusher
 (thread), reconciler (thread), ProgramSource server (gRPC threads), the
-PodProgram writer and the resync (tasks in kopf's loop).
+PodProgram writer, the policy status writer and the resync (tasks in kopf's
+loop).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import threading
 import kopf
 
 from tailor.operator.controller import engine as engine_
-from tailor.operator.controller import handlers, metrics, podprograms, resync, source
+from tailor.operator.controller import handlers, metrics, podprograms, policystatus, resync, source
 from tailor.operator.controller.agents import Agents
 from tailor.operator.controller.config import Config
 from tailor.operator.controller.kube import KubeClient
@@ -52,6 +53,8 @@ class Controller:
         self.kube = KubeClient(credentials, timeout=config.request_timeout)
         self.writer = podprograms.Writer(self.engine, self.kube, post_events=config.post_events)
         self.engine.on_views = self.writer.wake
+        self.policy_status = policystatus.Writer(self.engine, self.kube)
+        self.engine.on_policy_verdicts = self.policy_status.wake
         self.engine.on_agents = lambda nodes: self.reconciler.kick()
         self.source_server = None
         self.source_port: int | None = None
@@ -59,6 +62,7 @@ class Controller:
         self.loaded = False
         self._load_lock = threading.Lock()
         self._writer_task: asyncio.Task | None = None
+        self._policy_status_task: asyncio.Task | None = None
         self._resync_task: asyncio.Task | None = None
         self.started = threading.Event()
 
@@ -86,6 +90,8 @@ class Controller:
         self.pusher.start()
         self.reconciler.start()
         self._writer_task = asyncio.create_task(self.writer.run(), name="tailor-podprograms")
+        self._policy_status_task = asyncio.create_task(self.policy_status.run(),
+                                                       name="tailor-policy-status")
         self._resync_task = asyncio.create_task(
             resync.run(self.kube, self.engine, self.config.resync_seconds), name="tailor-resync")
         log.info("ProgramSource on %s (port %s)", self.config.source_listen, self.source_port)
@@ -98,12 +104,13 @@ class Controller:
         self.engine.stop()
         await asyncio.to_thread(self.pusher.join, self.config.push_timeout + 2)
         await asyncio.to_thread(self.reconciler.stop)
-        for task in (self._writer_task, self._resync_task):
+        for task in (self._writer_task, self._policy_status_task, self._resync_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.writer.flush()
+        await self.policy_status.flush()
         await self.kube.close()
         self.agents.close()
         if self.metrics_server is not None:

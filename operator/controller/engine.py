@@ -111,6 +111,8 @@ class Engine:
         # Through a lambda, not on_views itself: app replaces on_views after this.
         self.views = views.Views(self.world, on_change=lambda: self.on_views())
         self.on_agents: Callable[[set[str]], None] = lambda nodes: None   # agents moved
+        # The policy status writer's wake-up: a cluster-wide policy's verdict changed.
+        self.on_policy_verdicts: Callable[[], None] = lambda: None
 
     # -- kopf side ---------------------------------------------------------------------
 
@@ -126,7 +128,10 @@ class Engine:
             self.counters["initial listings"] += 1
             self._wake.notify_all()
             nodes = self.world.agent_nodes()
+            judged = bool(self.world.changed_verdicts)
         self.on_agents(nodes)
+        if judged:
+            self.on_policy_verdicts()
         return errors
 
     def event(self, kind: str, event_type: str | None, body: Mapping) -> events.Outcome:
@@ -147,8 +152,11 @@ class Engine:
                     self._retry.pop(ref)
                 self._pending |= waiting
                 self._wake.notify_all()
+            judged = bool(self.world.changed_verdicts)
         if outcome.agents:
             self.on_agents(outcome.agents)
+        if judged:
+            self.on_policy_verdicts()
         return outcome
 
     def known(self, kind: str) -> set[tuple[str | None, str]]:
@@ -418,6 +426,22 @@ class Engine:
         """Views changed and not yet taken by the writer."""
         with self._lock:
             return self.views.pending()
+
+    # -- cluster-wide policies' status (policystatus.Writer) ------------------------------
+
+    def take_policy_verdicts(self) -> list[events.PolicyVerdict]:
+        """The policies whose verdict changed since the last call."""
+        with self._lock:
+            out = sorted(self.world.changed_verdicts.values(), key=lambda v: (v.kind, v.name))
+            self.world.changed_verdicts.clear()
+            return out
+
+    def redo_policy_verdict(self, verdict: events.PolicyVerdict) -> None:
+        """Writing `verdict` failed: write it again next time, unless newer news came."""
+        with self._lock:
+            key = (verdict.kind, verdict.name)
+            if self.world.verdicts.get(key) == verdict:
+                self.world.changed_verdicts.setdefault(key, verdict)
 
     # -- lookups -----------------------------------------------------------------------
 

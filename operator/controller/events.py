@@ -33,8 +33,10 @@ from tailor.operator.errors import InvalidSpec
 
 POD, NAMESPACE, NODE = "Pod", "Namespace", "Node"
 NETWORK_POLICY = "NetworkPolicy"
-ANP, BANP = "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"
-KINDS = (NAMESPACE, NODE, POD, NETWORK_POLICY, ANP, BANP)
+ANP, BANP, CNP = adminpolicy.ANP, adminpolicy.BANP, adminpolicy.CNP
+KINDS = (NAMESPACE, NODE, POD, NETWORK_POLICY, ANP, BANP, CNP)
+# The cluster-wide policy kinds: optional CRDs, watched once they exist.
+CLUSTER_POLICY_KINDS = adminpolicy.KINDS
 # kind -> (group, version, plural): what is watched and listed.
 RESOURCES = {
     NAMESPACE: ("", "v1", "namespaces"),
@@ -43,6 +45,7 @@ RESOURCES = {
     NETWORK_POLICY: ("networking.k8s.io", "v1", "networkpolicies"),
     ANP: ("policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"),
     BANP: ("policy.networking.k8s.io", "v1alpha1", "baselineadminnetworkpolicies"),
+    CNP: ("policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"),
 }
 DELETED = "DELETED"
 
@@ -60,12 +63,24 @@ class Outcome:
     agents: set[str] = dataclasses.field(default_factory=set)     # nodes whose agent address changed
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyVerdict:
+    """Whether a cluster-wide policy object was taken in: `error` None and a
+    `summary` of where it is in force, or the reason it was refused. What
+    its status says (policystatus.py)."""
+    kind: str
+    name: str
+    generation: int | None
+    error: str | None = None
+    summary: str = ""
+
+
 def essence(kind: str, body: Mapping) -> dict:
     """The part of an API object the model reads, as plain data (what the
     kopf index keeps per object, and what `World.apply` is given)."""
     meta = body.get("metadata") or {}
     keep_meta = {k: _plain(meta[k]) for k in ("name", "namespace", "uid", "labels", "annotations",
-                                              "deletionTimestamp") if meta.get(k) is not None}
+                                              "deletionTimestamp", "generation") if meta.get(k) is not None}
     out = {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": keep_meta}
     if kind == POD:
         spec = body.get("spec") or {}
@@ -107,6 +122,9 @@ class World:
         self._agent_pods: dict[tuple[str, str], tuple[str, str]] = {}   # (ns, name) -> (node, address)
         self._annotated: dict[str, str] = {}                      # node -> address (annotation)
         self._namespaces: set[str] = set()                        # declared by a Namespace object
+        # Cluster-wide policies: the verdict on each, and those changed since taken.
+        self.verdicts: dict[tuple[str, str], PolicyVerdict] = {}
+        self.changed_verdicts: dict[tuple[str, str], PolicyVerdict] = {}
 
     # -- events ----------------------------------------------------------------------
 
@@ -123,10 +141,12 @@ class World:
                 return self._node(name, body, gone)
             if kind == NETWORK_POLICY:
                 return self._network_policy(namespace, name, body, gone)
-            if kind in (ANP, BANP):
+            if kind in CLUSTER_POLICY_KINDS:
                 return self._admin_policy(kind, name, body, gone)
         except InvalidSpec as e:
             what = manifests.describe(kind, namespace, name)
+            if kind in CLUSTER_POLICY_KINDS:
+                self._judged(kind, name, body, error=f"{e.path}: {e.message}" if e.path else e.message)
             return Outcome(error=f"{what}: {e.path}: {e.message}" if e.path else f"{what}: {e.message}")
         raise ValueError(f"kind {kind_!r} is not one the operator watches")
 
@@ -240,21 +260,40 @@ class World:
         return Outcome(affected.by_network_policy(self.state, old, new))
 
     def _admin_policy(self, kind: str, name: str, body: Mapping, gone: bool) -> Outcome:
-        if kind == ANP:
-            old = self.state.admin_policies.get(name)
-        else:
-            old = self.state.baseline if self.state.baseline and self.state.baseline.name == name else None
+        old = self._cluster_policy(kind, name)
         if gone:
+            self.verdicts.pop((kind, name), None)
+            self.changed_verdicts.pop((kind, name), None)
             if old is None:
                 return Outcome()
             self.state.delete(kind, None, name)
             return Outcome(affected.by_admin_policy(self.state, old, None))
         _check_api_version(kind, body)
-        new = adminpolicy.parse_anp(body, name) if kind == ANP else adminpolicy.parse_banp(body, name)
+        new = adminpolicy.PARSERS[kind](body, name)
+        where = f"in force in the {new.tier} tier" + (f" at priority {new.priority}"
+                                                      if new.priority is not None else "")
+        self._judged(kind, name, body, summary=f"tailor: {where}")
         if new == old:
             return Outcome()
         self.state.add_admin_policy(new)
         return Outcome(affected.by_admin_policy(self.state, old, new))
+
+    def _judged(self, kind: str, name: str, body: Mapping, *, error: str | None = None,
+                summary: str = "") -> None:
+        generation = (body.get("metadata") or {}).get("generation")
+        verdict = PolicyVerdict(kind, name, generation if isinstance(generation, int) else None,
+                                error, summary)
+        if self.verdicts.get((kind, name)) != verdict:
+            self.verdicts[(kind, name)] = verdict
+            self.changed_verdicts[(kind, name)] = verdict
+
+    def _cluster_policy(self, kind: str, name: str):
+        if kind == ANP:
+            return self.state.admin_policies.get(name)
+        if kind == CNP:
+            return self.state.cluster_policies.get(name)
+        baseline = self.state.baseline
+        return baseline if baseline is not None and baseline.name == name else None
 
     # -- the CNI hand-off --------------------------------------------------------------
 
@@ -295,6 +334,8 @@ class World:
             return set(state.network_policies)
         if kind == ANP:
             return {(None, n) for n in state.admin_policies}
+        if kind == CNP:
+            return {(None, n) for n in state.cluster_policies}
         return {(None, state.baseline.name)} if state.baseline else set()
 
     def agent_address(self, node: str) -> str | None:
@@ -313,8 +354,7 @@ class World:
 
 
 def _check_api_version(kind: str, body: Mapping) -> None:
-    want = {NETWORK_POLICY: networkpolicy.API_VERSION, ANP: adminpolicy.API_VERSION,
-            BANP: adminpolicy.API_VERSION}[kind]
+    want = {NETWORK_POLICY: networkpolicy.API_VERSION, **adminpolicy.API_VERSIONS}[kind]
     if body.get("apiVersion") not in (None, want):
         raise InvalidSpec("apiVersion", f"{body.get('apiVersion')!r} is not supported for {kind}; use {want}")
 

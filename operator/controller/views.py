@@ -73,7 +73,7 @@ class Views:
             view.policies = tuple(
                 [f"{p.kind}/{p.name}" for p in selecting.admin]
                 + [f"NetworkPolicy/{p.namespace}/{p.name}" for p in selecting.network]
-                + ([f"BaselineAdminNetworkPolicy/{selecting.baseline.name}"] if selecting.baseline else []))
+                + [f"{p.kind}/{p.name}" for p in selecting.baseline])
         for name, value in fields.items():
             setattr(view, name, value)
         self._store(pod.ref, view)

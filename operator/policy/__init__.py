@@ -37,16 +37,17 @@ from tailor.operator.policy.verdict import ConnectionVerdict, Verdict
 
 @dataclasses.dataclass(frozen=True)
 class Selecting:
-    """The policies that apply to one pod: ANPs in evaluation order, the
-    NetworkPolicies selecting it (either direction), the BANP if it selects it."""
+    """The policies that apply to one pod: the Admin tier's (ANPs, Admin
+    CNPs) in evaluation order, the NetworkPolicies selecting it (either
+    direction), the Baseline tier's (Baseline CNPs, the BANP) in order."""
     admin: list[AdminPolicy]
     network: list[NetworkPolicy]
-    baseline: AdminPolicy | None
+    baseline: list[AdminPolicy]
 
 
 def policies_selecting(state: ClusterState, pod: Pod) -> Selecting:
-    anps, banp = admin.applying(state, pod)
-    return Selecting(anps, netpol.selecting(state, pod), banp)
+    admins, baselines = admin.applying(state, pod)
+    return Selecting(admins, netpol.selecting(state, pod), baselines)
 
 
 def isolation(state: ClusterState, pod: Pod) -> tuple[bool, bool]:

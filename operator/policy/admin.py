@@ -1,5 +1,8 @@
-"""AdminNetworkPolicy and BaselineAdminNetworkPolicy semantics
-(policy.networking.k8s.io/v1alpha1), one direction at a time.
+"""Cluster-wide policy semantics, one direction at a time:
+AdminNetworkPolicy and BaselineAdminNetworkPolicy
+(policy.networking.k8s.io/v1alpha1) and ClusterNetworkPolicy (v1alpha2,
+whose Admin and Baseline tiers hold the same rules; cluster.adminpolicy
+normalises both versions to one AdminPolicy).
 
 Called by policy.evaluate (the tier ladder) and by the compiler through
 `applying`. Purely data-manipulative.
@@ -8,13 +11,18 @@ The rules implemented here, with the API text behind them:
 - "Rules with lower priority values have higher precedence"; within a policy
   "the relative precedence of the rules ... will be determined by the order in
   which the rule is written". "The behavior is undefined if two ANP objects have
-  same priority": tailor orders them by name (ClusterState.admin_policies_in_order).
+  same priority": tailor orders them by kind and name
+  (ClusterState.admin_policies_in_order). A tier's policies are one list:
+  ANPs and Admin-tier CNPs by priority; Baseline-tier CNPs by priority, then
+  the BANP.
 - The first matching rule decides: Allow ("allowed regardless of NetworkPolicy
   and BaselineAdminNetworkPolicy rules"), Deny ("denied before being checked
   against NetworkPolicy or BaselineAdminNetworkPolicy rules"), or Pass ("skip
   any remaining ANP rules, and then pass execution to any NetworkPolicies that
   select the pod. If the pod is not selected by any NetworkPolicies then
-  execution is passed to any BaselineAdminNetworkPolicies").
+  execution is passed to any BaselineAdminNetworkPolicies"). v1alpha2 says
+  the same of both tiers ("Skips all further ClusterNetworkPolicy rules in
+  the current tier"), so a Baseline-tier Pass ends in the default allow.
 - A rule matches when any peer matches ("If any AdminNetworkPolicyPeer matches
   ... then the specified action is applied") and, if it lists ports, one of
   them; "If Ports is not set then the rule does not filter traffic via port".
@@ -59,11 +67,11 @@ def subject_matches(state: ClusterState, policy: AdminPolicy, pod: Pod) -> bool:
     return subject.pod_selector is None or subject.pod_selector.matches(pod.labels)
 
 
-def applying(state: ClusterState, pod: Pod) -> tuple[list[AdminPolicy], AdminPolicy | None]:
-    """The ANPs whose subject selects `pod`, in evaluation order, and the BANP if it does."""
-    anps = [p for p in state.admin_policies_in_order() if subject_matches(state, p, pod)]
-    banp = state.baseline if state.baseline and subject_matches(state, state.baseline, pod) else None
-    return anps, banp
+def applying(state: ClusterState, pod: Pod) -> tuple[list[AdminPolicy], list[AdminPolicy]]:
+    """The Admin-tier and the Baseline-tier policies whose subject selects
+    `pod`, each in evaluation order."""
+    return ([p for p in state.admin_policies_in_order() if subject_matches(state, p, pod)],
+            [p for p in state.baseline_policies_in_order() if subject_matches(state, p, pod)])
 
 
 def first_match(state: ClusterState, policies: list[AdminPolicy], direction: str,

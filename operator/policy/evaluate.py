@@ -76,7 +76,7 @@ def decide(state: ClusterState, direction: str, local: Endpoint, peer: Endpoint,
            protocol: str, port: int) -> verdict.Verdict:
     """The tier ladder for traffic of the pod `local` with `peer` in `direction`
     (`port` is always the connection's destination port)."""
-    # 1. AdminNetworkPolicies: the first matching rule decides unless it passes.
+    # 1. The Admin tier (ANPs, Admin CNPs): the first matching rule decides unless it passes.
     hit = admin.first_match(state, state.admin_policies_in_order(), direction, local, peer, protocol, port)
     if hit is not None and hit.rule.action != "Pass":
         return verdict.Verdict(hit.rule.action == "Allow", direction, verdict.ADMIN,
@@ -88,12 +88,15 @@ def decide(state: ClusterState, direction: str, local: Endpoint, peer: Endpoint,
         if passed:
             decided = _with_reason(decided, passed)
         return decided
-    # 3. The BaselineAdminNetworkPolicy, if it selects the pod and a rule matches.
-    if state.baseline is not None:
-        hit = admin.first_match(state, [state.baseline], direction, local, peer, protocol, port)
-        if hit is not None:
-            return verdict.Verdict(hit.rule.action == "Allow", direction, verdict.BASELINE,
-                                   hit.policy.name, hit.rule_ref, passed)
+    # 3. The Baseline tier (Baseline CNPs, the BANP), if a rule of a policy
+    #    selecting the pod matches; its Pass skips the rest of the tier.
+    hit = admin.first_match(state, state.baseline_policies_in_order(), direction, local, peer,
+                            protocol, port)
+    if hit is not None and hit.rule.action != "Pass":
+        return verdict.Verdict(hit.rule.action == "Allow", direction, verdict.BASELINE,
+                               hit.policy.name, hit.rule_ref, passed)
+    if hit is not None:
+        passed = "; ".join(x for x in (passed, f"passed by {hit.policy.name} {hit.rule_ref}") if x)
     # 4. Nobody has an opinion: Kubernetes allows.
     return verdict.Verdict(True, direction, verdict.DEFAULT, reason=passed or "no policy applies")
 

@@ -88,8 +88,7 @@ def _port_matches(state: ClusterState) -> Iterable[PortMatch]:
     for policy in state.network_policies.values():
         for rule in policy.ingress + policy.egress:
             yield from rule.ports
-    admins = list(state.admin_policies.values()) + ([state.baseline] if state.baseline else [])
-    for policy in admins:
+    for policy in state.cluster_wide_policies():
         for rule in policy.ingress + policy.egress:
             yield from rule.ports or ()
 

@@ -328,8 +328,11 @@ async def test_install_renders_operator_rbac_and_cni_config():
                             ("networking.k8s.io", "networkpolicies"),
                             ("policy.networking.k8s.io", "adminnetworkpolicies"),
                             ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+                            ("policy.networking.k8s.io", "clusternetworkpolicies"),
                             ("apiextensions.k8s.io", "customresourcedefinitions")):
         assert allowed(operator_role, group, resource) >= {"get", "list", "watch"}, resource
+    for resource in ("adminnetworkpolicies", "baselineadminnetworkpolicies", "clusternetworkpolicies"):
+        assert allowed(operator_role, "policy.networking.k8s.io", f"{resource}/status") >= {"patch"}
     assert allowed(operator_role, "tailor.dev", "podprograms") >= {"create", "patch"}
     assert allowed(operator_role, "tailor.dev", "podprograms/status") >= {"patch"}
     assert allowed(operator_role, "", "events") >= {"create"}

@@ -220,7 +220,8 @@ async def test_api_resources_lists_the_groups(kube_env):
     admin = table((await kube_env.kubectl("api-resources",
                                           "--api-group=policy.networking.k8s.io")).stdout)
     assert {(r["NAME"], r["SHORTNAMES"], r["NAMESPACED"]) for r in admin} == {
-        ("adminnetworkpolicies", "anp", "false"), ("baselineadminnetworkpolicies", "banp", "false")}
+        ("adminnetworkpolicies", "anp", "false"), ("baselineadminnetworkpolicies", "banp", "false"),
+        ("clusternetworkpolicies", "cnp", "false")}
 
 
 async def test_status_patch_and_delete_through_kubectl(kube_env):

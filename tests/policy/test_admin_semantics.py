@@ -150,8 +150,8 @@ def test_policies_selecting_orders_anps():
                   + anp("other", 1, f"ingress: [{{action: Deny, {FROM_Y}}}]", subject="namespaces: {matchLabels: {ns: z}}")
                   + banp(f"ingress: [{{action: Deny, {FROM_Y}}}]"))
     sel = policy.policies_selecting(state, state.find_pod("x/a"))
-    assert [p.name for p in sel.admin] == ["early", "late"] and sel.baseline.name == "default"
+    assert [p.name for p in sel.admin] == ["early", "late"] and [p.name for p in sel.baseline] == ["default"]
     sel = policy.policies_selecting(state, state.find_pod("y/a"))
-    assert sel.admin == [] and sel.baseline is None
+    assert sel.admin == [] and sel.baseline == []
     # ANPs never isolate by themselves.
     assert policy.isolation(state, state.find_pod("x/a")) == (False, False)

@@ -23,7 +23,14 @@ metadata: {{name: {name}}}
 spec:
 {spec}
 """
+CNP = """apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: cnp}}
+spec:
+{spec}
+"""
 SUBJECT = "  subject: {namespaces: {}}\n"
+CNP_HEAD = "  tier: Admin\n  priority: 1\n" + SUBJECT
 
 
 def _indent(text):
@@ -90,8 +97,6 @@ ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]""")), ["more
     ("np-empty-peer", NP.format(spec=_indent("""
 podSelector: {}
 ingress: [{from: [{}]}]""")), ["spec.ingress[0].from[0]", "must specify a peer"]),
-    ("np-missing-podselector", NP.format(spec=_indent("""
-ingress: [{}]""")), ["spec.podSelector", "Required value"]),
     ("np-policy-type", NP.format(spec=_indent("""
 podSelector: {}
 policyTypes: [Ingress, Outbound]""")), ["spec.policyTypes[1]", "Unsupported value: 'Outbound'"]),
@@ -112,8 +117,6 @@ ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: In
     ("anp-subject-both", ANP.format(spec="  priority: 1\n  subject: {namespaces: {}, pods: "
                                          "{namespaceSelector: {}, podSelector: {}}}\n"),
      ["spec.subject", "exactly one of namespaces, pods"]),
-    ("anp-subject-pods-incomplete", ANP.format(spec="  priority: 1\n  subject: {pods: {podSelector: {}}}\n"),
-     ["spec.subject.pods.namespaceSelector", "Required value"]),
     ("anp-action", ANP.format(spec="  priority: 1\n" + SUBJECT + _indent("""
 ingress: [{action: Reject, from: [{namespaces: {}}]}]""")),
      ["spec.ingress[0].action", "Unsupported value: 'Reject'"]),
@@ -174,6 +177,42 @@ spec: {containers: [{name: c, image: i}]}
 kind: Namespace
 metadata: {name: x, labels: {team: "a b"}}
 """, ["Namespace x", "metadata.labels.team", "not a valid label value"]),
+    ("cnp-tier-missing", CNP.format(spec="  priority: 1\n" + SUBJECT),
+     ["ClusterNetworkPolicy cnp", "spec.tier", "Required value"]),
+    ("cnp-tier-lowercase", CNP.format(spec="  tier: admin\n  priority: 1\n" + SUBJECT),
+     ["spec.tier", "Unsupported value: 'admin'"]),
+    ("cnp-priority-range", CNP.format(spec="  tier: Baseline\n  priority: 1001\n" + SUBJECT),
+     ["spec.priority", "between 0 and 1000"]),
+    ("cnp-allow-is-v1alpha1", CNP.format(spec=CNP_HEAD + _indent("""
+ingress: [{action: Allow, from: [{namespaces: {}}]}]""")),
+     ["spec.ingress[0].action", "Unsupported value: 'Allow'", '"Accept"']),
+    ("cnp-ports-is-v1alpha1", CNP.format(spec=CNP_HEAD + _indent("""
+ingress: [{action: Accept, from: [{namespaces: {}}], ports: [{portNumber: {port: 80}}]}]""")),
+     ["spec.ingress[0].ports", "unknown field"]),
+    ("cnp-protocol-without-port", CNP.format(spec=CNP_HEAD + _indent("""
+ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {}}]}]""")),
+     ["spec.ingress[0].protocols[0].tcp.destinationPort", "Required value"]),
+    ("cnp-port-number-and-range", CNP.format(spec=CNP_HEAD + _indent("""
+egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{udp: {destinationPort: {number: 5, range: {start: 1, end: 9}}}}]}]""")),
+     ["spec.egress[0].protocols[0].udp.destinationPort", "exactly one of number, range"]),
+    ("cnp-range-empty", CNP.format(spec=CNP_HEAD + _indent("""
+egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{sctp: {destinationPort: {range: {start: 80, end: 80}}}}]}]""")),
+     ["destinationPort.range", "start (80) must be less than end (80)"]),
+    ("cnp-two-protocols-in-one-entry", CNP.format(spec=CNP_HEAD + _indent("""
+egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 1}}, destinationNamedPort: web}]}]""")),
+     ["spec.egress[0].protocols[0]", "exactly one of tcp, udp, sctp, destinationNamedPort"]),
+    ("cnp-ingress-networks", CNP.format(spec=CNP_HEAD + _indent("""
+ingress: [{action: Deny, from: [{networks: [10.0.0.0/8]}]}]""")),
+     ["spec.ingress[0].from[0].networks", "unknown field"]),
+    ("cnp-domain-names", CNP.format(spec=CNP_HEAD + _indent("""
+egress: [{action: Accept, to: [{domainNames: [example.com]}]}]""")),
+     ["spec.egress[0].to[0].domainNames", "unknown field"]),
+    ("cnp-too-many-rules", CNP.format(spec=CNP_HEAD + "  ingress:\n" + "".join(
+        "  - {action: Deny, from: [{namespaces: {}}]}\n" for _ in range(26))),
+     ["spec.ingress", "at most 25 items, got 26"]),
+    ("cnp-bad-network", CNP.format(spec=CNP_HEAD + _indent("""
+egress: [{action: Deny, to: [{networks: [10.0.0.1]}]}]""")),
+     ["spec.egress[0].to[0].networks[0]", "not a valid CIDR"]),
     ("no-name", "apiVersion: v1\nkind: Namespace\nmetadata: {}\n", ["metadata.name", "Required value"]),
     ("no-kind", "apiVersion: v1\nmetadata: {name: x}\n", ["kind: Required value"]),
     ("bad-yaml", "kind: Pod\n  metadata: [\n", ["not valid YAML"]),
