@@ -12,7 +12,8 @@ from tailor.cli import usage
 def add_files_option(parser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
                         help="manifest file or folder (repeatable): Namespaces, Pods, workloads, "
-                             "NetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicy")
+                             "NetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicy, "
+                             "ClusterNetworkPolicies (kubectl get -o json|yaml output too)")
 
 
 def load_state(paths: list[str]):

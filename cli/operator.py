@@ -1,9 +1,10 @@
 """`tailor operator`: the kopf controller (one active replica per cluster).
 
 Watches Pods, Namespaces, Nodes, NetworkPolicies and, once their CRDs exist,
-AdminNetworkPolicies and BaselineAdminNetworkPolicies; compiles each pod's
-programs incrementally, pushes them to the node agents, answers the agents'
-ProgramFor at CNI ADD, and writes one PodProgram per pod. Runs until SIGTERM
+AdminNetworkPolicies, BaselineAdminNetworkPolicies and ClusterNetworkPolicies;
+compiles each pod's programs incrementally, pushes them to the node agents,
+answers the agents' ProgramFor at CNI ADD, writes one PodProgram per pod and
+a status condition on each cluster-wide policy. Runs until SIGTERM
 or SIGINT (graceful: answers in flight finish, the Lease is released), or
 exits 1 when it loses the Lease to another replica.
 """

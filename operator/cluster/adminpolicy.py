@@ -74,16 +74,12 @@ class _Dialect:
     actions: Mapping[str, str]          # action as written -> ALLOW / DENY / PASS
     max_items: int                      # rules per direction, peers per rule, ports per rule
     ports_field: str                    # "ports" (v1alpha1) or "protocols" (v1alpha2)
-    # Refuse a rule field the version does not define. An API server would
-    # prune it (or refuse it, as kubectl's default strict validation does);
-    # pruned, a v1alpha1 `ports` in a v1alpha2 rule would widen the rule to
-    # every port: refusing fails closed.
-    strict_rules: bool = False
+
 
 
 _ANP = _Dialect({ALLOW: ALLOW, DENY: DENY, PASS: PASS}, 100, "ports")
 _BANP = _Dialect({ALLOW: ALLOW, DENY: DENY}, 100, "ports")
-_CNP = _Dialect({"Accept": ALLOW, DENY: DENY, PASS: PASS}, 25, "protocols", strict_rules=True)
+_CNP = _Dialect({"Accept": ALLOW, DENY: DENY, PASS: PASS}, 25, "protocols")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +124,8 @@ class AdminPolicy:
     ingress: tuple[AdminRule, ...] = ()
     egress: tuple[AdminRule, ...] = ()
     tier: str = ADMIN_TIER
+    # What of it tailor enforces otherwise than written (see _domain_names).
+    notes: tuple[str, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -140,7 +138,7 @@ class AdminPolicy:
 
 
 def parse_anp(obj: Mapping, name: str) -> AdminPolicy:
-    spec = _spec(obj)
+    spec = _spec(obj, ("priority", "subject", "ingress", "egress"))
     return AdminPolicy(ANP, name, _priority(spec), _parse_subject(spec.get("subject")),
                        _parse_rules(spec, "ingress", _ANP), _parse_rules(spec, "egress", _ANP),
                        ADMIN_TIER)
@@ -150,22 +148,24 @@ def parse_banp(obj: Mapping, name: str) -> AdminPolicy:
     if name != BANP_NAME:
         raise InvalidSpec("metadata.name", f"{name!r}: only one baseline admin network policy with "
                                            f"metadata.name=\"{BANP_NAME}\" can be created in the cluster")
-    spec = _spec(obj)
+    spec = _spec(obj, ("subject", "ingress", "egress"))
     return AdminPolicy(BANP, name, None, _parse_subject(spec.get("subject")),
                        _parse_rules(spec, "ingress", _BANP), _parse_rules(spec, "egress", _BANP),
                        BASELINE_TIER)
 
 
 def parse_cnp(obj: Mapping, name: str) -> AdminPolicy:
-    spec = _spec(obj)
+    spec = _spec(obj, ("tier", "priority", "subject", "ingress", "egress"))
     tier = spec.get("tier")
     if tier is None:
         raise InvalidSpec("spec.tier", "Required value")
     if tier not in TIERS:
         raise InvalidSpec("spec.tier", f"Unsupported value: {tier!r}: supported values: "
                                        + ", ".join(f'"{t}"' for t in TIERS))
+    notes: list[str] = []
     return AdminPolicy(CNP, name, _priority(spec), _parse_subject(spec.get("subject")),
-                       _parse_rules(spec, "ingress", _CNP), _parse_rules(spec, "egress", _CNP), tier)
+                       _parse_rules(spec, "ingress", _CNP), _parse_rules(spec, "egress", _CNP, notes),
+                       tier, tuple(notes))
 
 
 PARSERS = {ANP: parse_anp, BANP: parse_banp, CNP: parse_cnp}
@@ -183,11 +183,20 @@ def _priority(spec: Mapping) -> int:
     return priority
 
 
-def _spec(obj: Mapping) -> Mapping:
+def _spec(obj: Mapping, known: tuple[str, ...]) -> Mapping:
+    """The spec, refusing a field the version does not define: pruned (as an
+    API server would), a misspelt `egres` would silently drop rules."""
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
         raise InvalidSpec("spec", "Required value")
+    _known_fields(spec, "spec", known)
     return spec
+
+
+def _known_fields(obj: Mapping, path: str, known: tuple[str, ...]) -> None:
+    unknown = [k for k, v in obj.items() if k not in known and v is not None]
+    if unknown:
+        raise InvalidSpec(f"{path}.{unknown[0]}", "unknown field (expected " + ", ".join(known) + ")")
 
 
 def _one_of(obj, path: str, fields: tuple[str, ...]) -> str:
@@ -223,6 +232,7 @@ def _namespaced_pod(obj, path: str):
     v1alpha2 namespaceSelector is optional (all namespaces) by the API."""
     if not isinstance(obj, Mapping):
         raise InvalidSpec(path, "must be an object with namespaceSelector and podSelector")
+    _known_fields(obj, path, ("namespaceSelector", "podSelector"))
     return (_selector_or_all(obj.get("namespaceSelector"), f"{path}.namespaceSelector"),
             _selector_or_all(obj.get("podSelector"), f"{path}.podSelector"))
 
@@ -231,7 +241,8 @@ def _selector_or_all(obj, path: str) -> selectors.LabelSelector:
     return selectors.MATCH_ALL if obj is None else selectors.parse(obj, path)
 
 
-def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect) -> tuple[AdminRule, ...]:
+def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect,
+                 notes: list[str] | None = None) -> tuple[AdminRule, ...]:
     rules = spec.get(direction)
     path = f"spec.{direction}"
     if rules is None:
@@ -247,11 +258,10 @@ def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect) -> tuple[Admi
         where = f"{path}[{i}]"
         if not isinstance(rule, Mapping):
             raise InvalidSpec(where, "must be a rule object")
-        known = ("name", "action", peers_field, dialect.ports_field)
-        unknown = [k for k in rule if k not in known] if dialect.strict_rules else []
-        if unknown:
-            raise InvalidSpec(f"{where}.{unknown[0]}", "unknown field (a rule has "
-                                                      + ", ".join(known) + ")")
+        # A rule field the version does not define is refused: pruned (as an
+        # API server would), a `protocols` in a v1alpha1 rule or a `ports` in
+        # a v1alpha2 one would widen the rule to every port.
+        _known_fields(rule, where, ("name", "action", peers_field, dialect.ports_field))
         name = rule.get("name", "")
         if not isinstance(name, str) or len(name) > 100:
             raise InvalidSpec(f"{where}.name", f"{name!r} must be a string of at most 100 characters "
@@ -269,11 +279,46 @@ def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect) -> tuple[Admi
             raise InvalidSpec(f"{where}.{peers_field}", f"must have at most {dialect.max_items} items")
         ports_path = f"{where}.{dialect.ports_field}"
         parse_ports = _parse_protocols if dialect is _CNP else _parse_ports
-        parsed.append(AdminRule(
-            name, dialect.actions[action],
-            tuple(_parse_peer(p, f"{where}.{peers_field}[{j}]", peer_kinds) for j, p in enumerate(peers)),
-            parse_ports(rule.get(dialect.ports_field), ports_path, dialect.max_items)))
+        action = dialect.actions[action]
+        parsed_peers, named_domains = [], []
+        for j, peer in enumerate(peers):
+            ppath = f"{where}.{peers_field}[{j}]"
+            if notes is not None and isinstance(peer, Mapping) and peer.get(DOMAIN_NAMES) is not None:
+                _one_of(peer, ppath, (*peer_kinds, DOMAIN_NAMES))
+                _domain_names(peer[DOMAIN_NAMES], f"{ppath}.{DOMAIN_NAMES}")
+                named_domains.append(f"{ppath}.{DOMAIN_NAMES}")
+                continue
+            parsed_peers.append(_parse_peer(peer, ppath, peer_kinds))
+        if named_domains:
+            action, parsed_peers = _without_domain_names(action, parsed_peers, named_domains, notes)
+        parsed.append(AdminRule(name, action, tuple(parsed_peers),
+                                parse_ports(rule.get(dialect.ports_field), ports_path, dialect.max_items)))
     return tuple(parsed)
+
+
+# v1alpha2 egress peers by DNS name (experimental). tailor has no DNS
+# interception, so it cannot know which addresses a name stands for; it
+# follows the API's rule for peers an implementation cannot honour: an Accept
+# rule's such peer matches nothing, a Deny or Pass rule denies every address.
+DOMAIN_NAMES = "domainNames"
+ANY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+def _domain_names(value, path: str) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise InvalidSpec(path, "must be a list of at least one domain name")
+    if len(value) > MAX_NETWORKS:
+        raise InvalidSpec(path, f"must have at most {MAX_NETWORKS} items")
+
+
+def _without_domain_names(action: str, peers: list, where: list[str], notes: list[str]):
+    if action == ALLOW:
+        notes.extend(f"{w}: not enforced (tailor does not resolve domain names): matches no address"
+                     for w in where)
+        return action, peers
+    notes.extend(f"{w}: tailor does not resolve domain names: this {action} rule denies every address"
+                 for w in where)
+    return DENY, [AdminPeer(PeerKind.NETWORKS, networks=ANY_ADDRESS)]
 
 
 def _parse_peer(peer, path: str, kinds: tuple[PeerKind, ...]) -> AdminPeer:
@@ -328,7 +373,11 @@ def _parse_protocols(port_list, path: str, max_items: int) -> tuple[ports_.PortM
         field = _one_of(entry, where, ("tcp", "udp", "sctp", "destinationNamedPort"))
         value = entry[field]
         if field == "destinationNamedPort":
-            out.append(ports_.PortMatch(None, name=ports_.parse_port_name(value, f"{where}.{field}")))
+            # The CRD sets no pattern: any string is stored, and one that is
+            # no valid port name names no container port, so matches nothing.
+            if not isinstance(value, str):
+                raise InvalidSpec(f"{where}.{field}", "must be a string")
+            out.append(ports_.PortMatch(None, name=value))
             continue
         where = f"{where}.{field}"
         if not isinstance(value, Mapping) or value.get("destinationPort") is None:

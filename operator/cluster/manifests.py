@@ -169,7 +169,9 @@ def _without_represented(objects: list[tuple[str, Mapping]]) -> list[tuple[str, 
     """Drop the workloads that something in the input says it belongs to
     (ownerReferences): a Deployment whose ReplicaSet is there, a ReplicaSet
     whose pods are there. Their pods stand for them, as in a cluster; a
-    workload nothing owns by stays as its representative pod."""
+    workload nothing owns by stays as its representative pod — unless it is
+    itself owned and scaled to zero (a Deployment's old ReplicaSets: they
+    run no pod)."""
     owned: set[tuple[str | None, str, str]] = set()
     uids: set[str] = set()
     for _, obj in objects:
@@ -189,6 +191,9 @@ def _without_represented(objects: list[tuple[str, Mapping]]) -> list[tuple[str, 
         kind = obj.get("kind")
         if kind in _OWNER_KINDS and ((meta.get("uid") and meta["uid"] in uids) or
                                      (meta.get("namespace") or "default", kind, meta.get("name")) in owned):
+            continue
+        spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+        if kind in _OWNER_KINDS and meta.get("ownerReferences") and spec.get("replicas") == 0:
             continue
         keep.append((file, obj))
     return keep

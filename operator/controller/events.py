@@ -73,6 +73,8 @@ class PolicyVerdict:
     generation: int | None
     error: str | None = None
     summary: str = ""
+    uid: str = ""                # a re-created object is another object
+    partial: bool = False        # in force, but not all of it as written
 
 
 def essence(kind: str, body: Mapping) -> dict:
@@ -272,17 +274,19 @@ class World:
         new = adminpolicy.PARSERS[kind](body, name)
         where = f"in force in the {new.tier} tier" + (f" at priority {new.priority}"
                                                       if new.priority is not None else "")
-        self._judged(kind, name, body, summary=f"tailor: {where}")
+        self._judged(kind, name, body, summary="; ".join([f"tailor: {where}", *new.notes]),
+                     partial=bool(new.notes))
         if new == old:
             return Outcome()
         self.state.add_admin_policy(new)
         return Outcome(affected.by_admin_policy(self.state, old, new))
 
     def _judged(self, kind: str, name: str, body: Mapping, *, error: str | None = None,
-                summary: str = "") -> None:
-        generation = (body.get("metadata") or {}).get("generation")
+                summary: str = "", partial: bool = False) -> None:
+        meta = body.get("metadata") or {}
+        generation = meta.get("generation")
         verdict = PolicyVerdict(kind, name, generation if isinstance(generation, int) else None,
-                                error, summary)
+                                error, summary, str(meta.get("uid") or ""), partial)
         if self.verdicts.get((kind, name)) != verdict:
             self.verdicts[(kind, name)] = verdict
             self.changed_verdicts[(kind, name)] = verdict

@@ -13,9 +13,14 @@ declared ports:
   stating no address (the loader allocates from 10.244/16, fd00:10:244::/64
   by the tailor.dev/ip-families annotation);
 - some namespaces without a manifest (implicit: only the name label);
-- up to four policies drawn from NetworkPolicy, AdminNetworkPolicy and the
-  BaselineAdminNetworkPolicy `default`, whose CIDRs are built around those
-  addresses.
+- up to four policies drawn from NetworkPolicy, AdminNetworkPolicy, the
+  BaselineAdminNetworkPolicy `default` and ClusterNetworkPolicy of either
+  tier, whose CIDRs are built around those addresses. ANPs draw priorities
+  0-3 and may tie (tailor orders ties by name); a CNP's priority is unique
+  in its tier (ties are undefined in the API), from 0-5 or 1000, so it lands
+  before, between or after the ANPs. Half the CNP subjects are built to
+  select one of the pods (random ones mostly select none). A CNP is sometimes
+  named like an ANP of the cluster or `default`: the kinds' names are separate.
 
 `cluster()` draws a `Cluster`: its manifests (`docs`) and a `state()` to
 build; everything is valid, so the loader should accept it.
@@ -28,6 +33,7 @@ import ipaddress
 from hypothesis import strategies as st
 
 from tailor.operator.cluster import manifests
+from tailor.operator.cluster.objects import NAMESPACE_NAME_LABEL
 from tailor.operator.cluster.ports import PROTOCOLS
 from tailor.operator.cluster.state import ClusterState
 
@@ -302,11 +308,11 @@ def admin_subject(draw):
 
 
 @st.composite
-def admin_policy(draw, name: str, anchors, baseline: bool = False):
+def admin_policy(draw, name: str, anchors, baseline: bool = False, priority: int | None = None):
     actions = ("Allow", "Deny") if baseline else ("Allow", "Deny", "Pass")
     spec = {"subject": draw(admin_subject())}
     if not baseline:
-        spec["priority"] = draw(st.integers(0, 3))
+        spec["priority"] = draw(st.integers(0, 3)) if priority is None else priority
     for field in ("ingress", "egress"):
         if draw(st.integers(0, 4)):
             spec[field] = draw(anp_rules(actions, field == "egress", anchors))
@@ -315,7 +321,102 @@ def admin_policy(draw, name: str, anchors, baseline: bool = False):
             "metadata": {"name": name}, "spec": spec}
 
 
+# --- ClusterNetworkPolicy (v1alpha2) -------------------------------------------------------
+CNP_PRIORITIES = (0, 1, 2, 3, 4, 5, 1000)
+
+
+@st.composite
+def cnp_protocol(draw):
+    """One `protocols` item: tcp/udp/sctp with a destinationPort number or
+    range (start < end), or a destinationNamedPort."""
+    kind = draw(st.sampled_from(("number", "range", "named", "named")))
+    if kind == "named":
+        return {"destinationNamedPort": draw(st.sampled_from(PORT_NAMES + (MISSING_NAME,)))}
+    protocol = draw(protocols).lower()
+    if kind == "number":
+        return {protocol: {"destinationPort": {"number": draw(st.sampled_from(POLICY_PORTS))}}}
+    start = draw(st.sampled_from(POLICY_PORTS))
+    end = draw(st.sampled_from([p for p in POLICY_PORTS + (start + 1, 65535) if p > start]))
+    return {protocol: {"destinationPort": {"range": {"start": start, "end": end}}}}
+
+
+@st.composite
+def cnp_pods(draw):
+    """A `pods` subject or peer, its namespaceSelector optional (all namespaces)."""
+    pods = {"podSelector": draw(pod_selector())}
+    if draw(st.booleans()):
+        pods["namespaceSelector"] = draw(namespace_selector())
+    return {"pods": pods}
+
+
+@st.composite
+def cnp_peer(draw, egress: bool, anchors):
+    kinds = ("namespaces", "pods") + (("networks",) if egress else ())
+    kind = draw(st.sampled_from(kinds))
+    if kind == "namespaces":
+        return {"namespaces": draw(namespace_selector())}
+    if kind == "pods":
+        return draw(cnp_pods())
+    return {"networks": sorted(set(draw(st.lists(cidr(anchors), min_size=1, max_size=2))))}
+
+
+@st.composite
+def cnp_rules(draw, egress: bool, anchors):
+    """One to three rules, each Accept, Deny or Pass (in either tier)."""
+    rules = []
+    for i in range(draw(st.integers(1, 3))):
+        rule = {"action": draw(st.sampled_from(("Accept", "Deny", "Pass"))),
+                "to" if egress else "from": draw(st.lists(cnp_peer(egress, anchors), min_size=1, max_size=2))}
+        if draw(st.booleans()):
+            rule["name"] = f"rule-{i}"
+        if draw(st.booleans()):
+            rule["protocols"] = draw(st.lists(cnp_protocol(), min_size=1, max_size=3))
+        rules.append(rule)
+    return rules
+
+
+@st.composite
+def selecting(draw, selected: dict[str, str]):
+    """A selector that the labels `selected` satisfy: matchLabels of some of them ({} if none)."""
+    chosen = draw(st.lists(st.sampled_from(sorted(selected)), max_size=2, unique=True)) if selected else []
+    return {"matchLabels": {k: selected[k] for k in chosen}} if chosen else {}
+
+
+@st.composite
+def cnp_subject(draw, targets: list[tuple[dict, dict]]):
+    """A random subject, or (half the time) one that selects a pod of
+    `targets` ((namespace labels, pod labels) pairs): a random subject
+    selects nothing two times in three, which leaves the policy untested."""
+    if targets and draw(st.booleans()):
+        ns_labels, pod_labels = draw(st.sampled_from(targets))
+        if draw(st.booleans()):
+            return {"namespaces": draw(selecting(ns_labels))}
+        pods = {"podSelector": draw(selecting(pod_labels))}
+        if draw(st.booleans()):
+            pods["namespaceSelector"] = draw(selecting(ns_labels))
+        return {"pods": pods}
+    if draw(st.booleans()):
+        return {"namespaces": draw(namespace_selector())}
+    return draw(cnp_pods())
+
+
+@st.composite
+def cluster_network_policy(draw, name: str, tier: str, priority: int, anchors, targets=()):
+    spec = {"tier": tier, "priority": priority, "subject": draw(cnp_subject(list(targets)))}
+    # Each direction absent, an empty list, or (mostly) one to three rules.
+    for field in ("ingress", "egress"):
+        shape = draw(st.sampled_from(("absent", "empty", "rules", "rules", "rules")))
+        if shape != "absent":
+            spec[field] = draw(cnp_rules(field == "egress", anchors)) if shape == "rules" else []
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name}, "spec": spec}
+
+
 # --- whole clusters -------------------------------------------------------------------------
+# How often each kind of policy is drawn: NetworkPolicy two in five, as
+# before the CNPs, which took half of the ANPs' draws and some of the BANP's.
+POLICY_WEIGHTS = {"np": 8, "anp": 4, "cnp-admin": 3, "cnp-baseline": 3, "banp": 2}
+POLICY_KINDS = tuple(kind for kind, weight in POLICY_WEIGHTS.items() for _ in range(weight))
 STATED_FAMILIES = st.sampled_from(FAMILIES)
 # Two in three pods state their addresses.
 ANY_FAMILIES = st.one_of(STATED_FAMILIES, STATED_FAMILIES, st.sampled_from(AUTO))
@@ -337,30 +438,51 @@ def cluster(draw, min_pods: int = 2, max_pods: int = 6, max_policies: int = 4,
         docs.append(pod_doc(f"p{i}", namespaces[ns_index], ns_index, base + i, draw(labels(POD_LABELS)),
                             draw(container_ports()), draw(families)))
     anchors = _anchors([d for d in docs if d["kind"] == "Pod"])
+    ns_labels = {ns: {NAMESPACE_NAME_LABEL: ns} for ns in namespaces}
+    for d in docs:
+        if d["kind"] == "Namespace":
+            ns_labels[d["metadata"]["name"]].update(d["metadata"]["labels"])
+    targets = [(ns_labels[d["metadata"]["namespace"]], d["metadata"]["labels"]) for d in docs if d["kind"] == "Pod"]
     # Mostly two or more policies: a cluster without any tests little.
     count = draw(st.sampled_from([n for n in (0, 1, 2, 3, 4, 2, 3, 4, 3, 4) if n <= max_policies]))
-    kinds = [draw(st.sampled_from(("np", "anp", "np", "anp", "banp"))) for _ in range(count)]
+    kinds = [draw(st.sampled_from(POLICY_KINDS)) for _ in range(count)]
     if kinds.count("banp") > 1:                      # at most one BANP, and it is `default`
         first = kinds.index("banp")
         kinds = [k for i, k in enumerate(kinds) if k != "banp" or i == first]
+    # ANPs first draw their priorities (ties allowed); each CNP then one no
+    # other policy of its tier holds.
+    anp_priorities = {i: draw(st.integers(0, 3)) for i, k in enumerate(kinds) if k == "anp"}
+    taken = {"Admin": set(anp_priorities.values()), "Baseline": set()}
+    cnp_names: set[str] = set()
     for i, kind in enumerate(kinds):
         if kind == "np":
             docs.append(draw(network_policy(f"np-{i}", namespaces, anchors)))
         elif kind == "anp":
-            docs.append(draw(admin_policy(f"anp-{i}", anchors)))
-        else:
+            docs.append(draw(admin_policy(f"anp-{i}", anchors, priority=anp_priorities[i])))
+        elif kind == "banp":
             docs.append(draw(admin_policy("default", anchors, baseline=True)))
+        else:
+            tier = "Admin" if kind == "cnp-admin" else "Baseline"
+            priority = draw(st.sampled_from([p for p in CNP_PRIORITIES if p not in taken[tier]]))
+            taken[tier].add(priority)
+            # One in four named like an ANP of the cluster or the BANP.
+            shared = [n for n in [*(f"anp-{j}" for j in anp_priorities), "default"] if n not in cnp_names]
+            name = draw(st.sampled_from(shared)) if shared and draw(st.integers(0, 3)) == 0 else f"cnp-{i}"
+            cnp_names.add(name)
+            docs.append(draw(cluster_network_policy(name, tier, priority, anchors, targets)))
     return Cluster(docs)
 
 
 @st.composite
 def wide_cluster(draw):
     """A cluster whose programs carry many peer groups and named-port slots:
-    an AdminNetworkPolicy `aaa-wide` (priority 0, evaluated first) holds up
-    to 70 peers per direction and up to 10 named ports that match nothing (no
-    pod has the `wide` label, no container the `wide-*` names), so the random
-    policies' groups land on bit 31, in the second and third bitmap words, and
-    their named ports on high slots. The verdicts are the random policies'."""
+    an AdminNetworkPolicy `aaa-wide` (priority 0, evaluated first: a CNP at
+    0 ties with it, and tailor orders ANPs first; its rules match no pod, so
+    the tie decides nothing) holds up to 70 peers per direction and up to 10
+    named ports that match nothing (no pod has the `wide` label, no container
+    the `wide-*` names), so the random policies' groups land on bit 31, in
+    the second and third bitmap words, and their named ports on high slots.
+    The verdicts are the random policies'."""
     base = draw(cluster())
     groups = draw(st.integers(0, 70))
     names = draw(st.integers(0, 10))

@@ -16,7 +16,8 @@ e. specialisation: a pod no policy selects has no policy, conntrack, peer or
    isolated; the address families compiled in are exactly the pod's, and a
    dual-stack pod costs more than either of its single-stack halves.
 
-Clusters come from cluster_strategies; see there for the vocabularies.
+Clusters come from cluster_strategies (NetworkPolicy, AdminNetworkPolicy, the
+BANP and ClusterNetworkPolicy of both tiers); see there for the vocabularies.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from tailor.datapath import trace
 from tailor.operator import tracing
 from tailor.datapath.ebpf import isa
 from tailor.operator import policy
+from tailor.operator.cluster import adminpolicy
 from tailor.operator.cluster.ports import MAX_PORT, MIN_PORT, PROTOCOLS
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.compiler import build, mapdata, program
@@ -132,6 +134,7 @@ def mismatches(state: ClusterState, engine: str) -> tuple[list[str], int]:
     wrong, count = [], 0
     with loaded(state, engine) as (built, node):
         note_coverage(built)
+        note_policies(state)
         for src, dst in pairs(state):
             for protocol in PROTOCOLS:
                 for port in probe_ports(state, dst, protocol):
@@ -147,6 +150,14 @@ def note_coverage(built) -> None:
     for b in built.values():
         for feature in b.programs.features:
             event(f"feature {feature}")
+
+
+def note_policies(state: ClusterState) -> None:
+    """Which kinds of policy the cluster holds (a CNP by its tier)."""
+    kinds = {p.kind if p.kind != adminpolicy.CNP else f"{p.kind} {p.tier}"
+             for p in state.cluster_wide_policies()}
+    for kind in sorted(kinds | ({"NetworkPolicy"} if state.network_policies else set())):
+        event(f"policy {kind}")
 
 
 # Client ports of sequential connections: above every port a policy names

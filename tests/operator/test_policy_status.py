@@ -22,7 +22,8 @@ def cnp(name: str, tier: str, priority, action: str = "Deny", generation: int = 
 def condition(w: World, kind: str, name: str):
     obj = w.kube.get(kind, None, name) or {}
     conditions = (obj.get("status") or {}).get("conditions") or []
-    return conditions[0] if conditions else None
+    ours = [c for c in conditions if c.get("type") == "tailor.dev/Accepted"]
+    return ours[0] if ours else None
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def test_accepted_and_refused_policies_say_so(world):
                   "spec": {"priority": 1001, "subject": {"namespaces": {}}}})
 
     guard = eventually(lambda: condition(world, "ClusterNetworkPolicy", "guard"), what="guard's status")
-    assert guard["type"] == "Accepted" and guard["status"] == "True" and guard["reason"] == "Accepted"
+    assert guard["type"] == "tailor.dev/Accepted" and guard["status"] == "True"
+    assert guard["reason"] == "Accepted"
     assert guard["message"] == "tailor: in force in the Admin tier at priority 10"
     assert guard["observedGeneration"] == 1 and guard["lastTransitionTime"]
     fallback = eventually(lambda: condition(world, "ClusterNetworkPolicy", "fallback"))
@@ -88,3 +90,30 @@ def test_status_is_written_once_per_verdict(world):
     eventually(lambda: engine.counters["events"] > seen, what="the label event handled")
     world.settled()
     assert writer.written == 1 and engine.take_policy_verdicts() == []
+
+
+def test_other_conditions_are_kept_and_transitions_dated_once(world):
+    world.create(cnp("guard", "Admin", 10))
+    first = eventually(lambda: condition(world, "ClusterNetworkPolicy", "guard"))
+    # Another implementation's condition, written beside ours.
+    world.kube.call(world.kube._request(
+        "PATCH", "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies/guard/status",
+        {"status": {"conditions": [first, {"type": "Ready-In-Zone-a", "status": "True", "reason": "SetupSucceeded",
+                                           "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+        "application/merge-patch+json"))
+    world.patch("ClusterNetworkPolicy", None, "guard", {"metadata": {"generation": 2}, "spec": {"priority": 11}})
+    again = eventually(lambda: (c := condition(world, "ClusterNetworkPolicy", "guard"))
+                       and c["observedGeneration"] == 2 and c, what="the new generation observed")
+    assert again["lastTransitionTime"] == first["lastTransitionTime"]        # still True: no transition
+    types = [c["type"] for c in world.kube.get("ClusterNetworkPolicy", None, "guard")["status"]["conditions"]]
+    assert sorted(types) == ["Ready-In-Zone-a", "tailor.dev/Accepted"]
+
+
+def test_domain_names_are_enforced_fail_closed_and_said_so(world):
+    doc = cnp("egress", "Admin", 30)
+    doc["spec"]["egress"] = [{"name": "web", "action": "Accept", "to": [{"domainNames": ["*.example.com"]}]},
+                             {"name": "rest", "action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]
+    world.create(doc)
+    got = eventually(lambda: condition(world, "ClusterNetworkPolicy", "egress"))
+    assert (got["status"], got["reason"]) == ("True", "PartiallyEnforced")
+    assert "spec.egress[0].to[0].domainNames" in got["message"] and "matches no address" in got["message"]

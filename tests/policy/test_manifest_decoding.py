@@ -91,10 +91,15 @@ def test_workloads_are_represented_by_their_own_pods(tmp_path):
     pod = dict(POD, apiVersion="v1", kind="Pod",
                metadata={"name": "web-5f-abc", "namespace": "x", "labels": {"app": "web"},
                          "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5f", "uid": "r1"}]})
+    old = {"apiVersion": "apps/v1", "kind": "ReplicaSet",      # an old revision, scaled to zero
+           "metadata": {"name": "web-4a", "namespace": "x", "uid": "r0",
+                        "ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "d1"}]},
+           "spec": {"replicas": 0, "template": template}}
     lone = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "x"},
             "spec": {"template": template}}
     state = manifests.load([str(_write(tmp_path, "all.json", {"apiVersion": "v1", "kind": "List",
-                                                              "items": [deployment, replicaset, pod, lone]}))])
+                                                              "items": [deployment, replicaset, old, pod,
+                                                                        lone]}))])
     assert sorted(p.ref for p in state.pods.values()) == ["x/db[StatefulSet]", "x/web-5f-abc[Pod]"]
 
 

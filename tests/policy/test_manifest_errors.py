@@ -204,9 +204,20 @@ egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{tcp: {destinationPo
     ("cnp-ingress-networks", CNP.format(spec=CNP_HEAD + _indent("""
 ingress: [{action: Deny, from: [{networks: [10.0.0.0/8]}]}]""")),
      ["spec.ingress[0].from[0].networks", "unknown field"]),
-    ("cnp-domain-names", CNP.format(spec=CNP_HEAD + _indent("""
-egress: [{action: Accept, to: [{domainNames: [example.com]}]}]""")),
-     ["spec.egress[0].to[0].domainNames", "unknown field"]),
+    ("cnp-domain-names-not-a-list", CNP.format(spec=CNP_HEAD + _indent("""
+egress: [{action: Accept, to: [{domainNames: example.com}]}]""")),
+     ["spec.egress[0].to[0].domainNames", "list of at least one domain name"]),
+    ("cnp-ingress-domain-names", CNP.format(spec=CNP_HEAD + _indent("""
+ingress: [{action: Accept, from: [{domainNames: [example.com]}]}]""")),
+     ["spec.ingress[0].from[0].domainNames", "unknown field"]),
+    ("cnp-misspelt-spec-field", CNP.format(spec=CNP_HEAD + _indent("""
+egres: [{action: Deny, to: [{namespaces: {}}]}]""")), ["spec.egres", "unknown field"]),
+    ("cnp-misspelt-pod-selector", CNP.format(spec=CNP_HEAD + _indent("""
+ingress: [{action: Accept, from: [{pods: {podSelecter: {matchLabels: {app: a}}}}]}]""")),
+     ["spec.ingress[0].from[0].pods.podSelecter", "unknown field"]),
+    ("anp-protocols-is-v1alpha2", ANP.format(spec="  priority: 1\n" + SUBJECT + _indent("""
+ingress: [{action: Allow, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 443}}}]}]""")),
+     ["spec.ingress[0].protocols", "unknown field"]),
     ("cnp-too-many-rules", CNP.format(spec=CNP_HEAD + "  ingress:\n" + "".join(
         "  - {action: Deny, from: [{namespaces: {}}]}\n" for _ in range(26))),
      ["spec.ingress", "at most 25 items, got 26"]),

@@ -1,7 +1,11 @@
-"""Properties of the model over random policies (hypothesis):
+"""Properties of the model over random policies (NetworkPolicy, ANP, BANP and
+ClusterNetworkPolicy of both tiers; hypothesis):
 - port interval sets agree with point queries (at boundaries and random ports);
 - adding a NetworkPolicy never removes a connection for pods it does not newly isolate;
-- connectivity() agrees with allowed_ports and its text round-trips."""
+- connectivity() agrees with allowed_ports and its text round-trips;
+- v1alpha1 ANPs and the BANP, rewritten as the v1alpha2 ClusterNetworkPolicies
+  that say the same (Admin tier, same priority; Baseline tier, last), allow
+  exactly the same ports between every pair."""
 from __future__ import annotations
 
 import itertools
@@ -93,20 +97,128 @@ def anp_rules(actions, egress):
         max_size=2)
 
 
+cnp_protocol = st.one_of(
+    st.builds(lambda p, n: {p.lower(): {"destinationPort": {"number": n}}}, protocol, number),
+    st.builds(lambda p, n, w: {p.lower(): {"destinationPort": {"range": {"start": n, "end": n + w}}}},
+              protocol, number, st.integers(1, 3)),
+    port_name.map(lambda n: {"destinationNamedPort": n}))
+# A v1alpha2 `pods` subject or peer may leave its namespaceSelector out (all namespaces).
+cnp_pods = st.one_of(
+    st.builds(lambda n, p: {"pods": {"namespaceSelector": n, "podSelector": p}}, ns_selector, pod_selector),
+    pod_selector.map(lambda p: {"pods": {"podSelector": p}}))
+cnp_subject = st.one_of(ns_selector.map(lambda s: {"namespaces": s}), cnp_pods)
+
+
+def cnp_rules(egress):
+    peer = st.one_of(ns_selector.map(lambda s: {"namespaces": s}), cnp_pods)
+    if egress:
+        peer = st.one_of(peer, cidr_peer.map(lambda c: {"networks": [c["ipBlock"]["cidr"]]}))
+    field = "to" if egress else "from"
+    return st.lists(st.builds(
+        lambda a, peers, protocols: {"action": a, field: peers, **({"protocols": protocols} if protocols else {})},
+        st.sampled_from(["Accept", "Deny", "Pass"]), st.lists(peer, min_size=1, max_size=2),
+        st.lists(cnp_protocol, max_size=2)),
+        max_size=2)
+
+
+@st.composite
+def cluster_network_policy(draw, name, tier, priority):
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name},
+            "spec": {"tier": tier, "priority": priority, "subject": draw(cnp_subject),
+                     "ingress": draw(cnp_rules(False)), "egress": draw(cnp_rules(True))}}
+
+
 @st.composite
 def admin_policies(draw):
+    """Up to two Admin-tier policies (ANPs, or ClusterNetworkPolicies of the
+    Admin tier) and up to two Baseline-tier ones (the BANP, or CNPs of the
+    Baseline tier). ANPs may tie (tailor orders ties by name); a CNP's
+    priority is unique in its tier, as the API leaves ties undefined."""
     found = []
-    for i in range(draw(st.integers(0, 2))):
-        found.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
-                      "metadata": {"name": f"anp-{i}"},
-                      "spec": {"priority": draw(st.integers(0, 3)),
-                               "subject": {"namespaces": draw(ns_selector)},
-                               "ingress": draw(anp_rules(["Allow", "Deny", "Pass"], False)),
-                               "egress": draw(anp_rules(["Allow", "Deny", "Pass"], True))}})
+    admins = [draw(st.booleans()) for _ in range(draw(st.integers(0, 2)))]     # True: an ANP
+    taken = set()
+    for i, is_anp in enumerate(admins):
+        if is_anp:
+            priority = draw(st.integers(0, 3))
+            taken.add(priority)
+            found.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                          "metadata": {"name": f"anp-{i}"},
+                          "spec": {"priority": priority,
+                                   "subject": {"namespaces": draw(ns_selector)},
+                                   "ingress": draw(anp_rules(["Allow", "Deny", "Pass"], False)),
+                                   "egress": draw(anp_rules(["Allow", "Deny", "Pass"], True))}})
+    for i, is_anp in enumerate(admins):
+        if not is_anp:
+            priority = draw(st.sampled_from([p for p in range(5) if p not in taken]))
+            taken.add(priority)
+            found.append(draw(cluster_network_policy(f"cnp-{i}", "Admin", priority)))
+    baselines = [draw(st.booleans()) for _ in range(draw(st.integers(0, 2)))]  # True: the BANP
+    taken = set()
+    for i, is_banp in enumerate(baselines):
+        if is_banp and i == baselines.index(True):
+            found.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+                          "metadata": {"name": "default"},
+                          "spec": {"subject": {"namespaces": draw(ns_selector)},
+                                   "ingress": draw(anp_rules(["Allow", "Deny"], False)),
+                                   "egress": draw(anp_rules(["Allow", "Deny"], True))}})
+        elif not is_banp:
+            priority = draw(st.sampled_from([p for p in range(5) if p not in taken]))
+            taken.add(priority)
+            found.append(draw(cluster_network_policy(f"baseline-{i}", "Baseline", priority)))
+    return found
+
+
+def as_cnp(doc: dict) -> dict:
+    """The ClusterNetworkPolicy that says what the v1alpha1 ANP or BANP `doc`
+    says: an ANP in the Admin tier at its priority, the BANP in the Baseline
+    tier after everything; Allow is Accept, `ports` are `protocols`."""
+    spec = doc["spec"]
+    baseline = doc["kind"] == "BaselineAdminNetworkPolicy"
+    out = {"tier": "Baseline" if baseline else "Admin", "priority": 1000 if baseline else spec["priority"],
+           "subject": spec["subject"]}
+    for direction in ("ingress", "egress"):
+        if direction in spec:
+            out[direction] = [_as_cnp_rule(r) for r in spec[direction]]
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": dict(doc["metadata"]), "spec": out}
+
+
+def _as_cnp_rule(rule: dict) -> dict:
+    out = {k: v for k, v in rule.items() if k != "ports"}
+    out["action"] = "Accept" if rule["action"] == "Allow" else rule["action"]
+    if "ports" in rule:
+        out["protocols"] = [_as_cnp_protocol(p) for p in rule["ports"]]
+    return out
+
+
+def _as_cnp_protocol(port: dict) -> dict:
+    if "namedPort" in port:
+        return {"destinationNamedPort": port["namedPort"]}
+    if "portNumber" in port:
+        number = port["portNumber"]
+        return {number["protocol"].lower(): {"destinationPort": {"number": number["port"]}}}
+    span = port["portRange"]
+    return {span["protocol"].lower(): {"destinationPort": {"range": {"start": span["start"], "end": span["end"]}}}}
+
+
+@st.composite
+def v1alpha1_policies(draw):
+    """Up to three ANPs (priorities may tie), with namespaces or pods
+    subjects, and maybe the BANP."""
+    subject = st.one_of(ns_selector.map(lambda s: {"namespaces": s}),
+                        st.builds(lambda n, p: {"pods": {"namespaceSelector": n, "podSelector": p}},
+                                  ns_selector, pod_selector))
+    found = [{"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+              "metadata": {"name": f"anp-{i}"},
+              "spec": {"priority": draw(st.integers(0, 3)), "subject": draw(subject),
+                       "ingress": draw(anp_rules(["Allow", "Deny", "Pass"], False)),
+                       "egress": draw(anp_rules(["Allow", "Deny", "Pass"], True))}}
+             for i in range(draw(st.integers(0, 3)))]
     if draw(st.booleans()):
         found.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
                       "metadata": {"name": "default"},
-                      "spec": {"subject": {"namespaces": draw(ns_selector)},
+                      "spec": {"subject": draw(subject),
                                "ingress": draw(anp_rules(["Allow", "Deny"], False)),
                                "egress": draw(anp_rules(["Allow", "Deny"], True))}})
     return found
@@ -171,6 +283,19 @@ def test_connectivity_matches_allowed_ports(objects):
             if text is not None:
                 assert policy.parse_ranges(text) == ranges and policy.format_ranges(ranges) == text
     assert all(s != d for s, d, _ in listed)
+
+
+@SETTINGS
+@given(st.integers(0, 2).flatmap(lambda n: st.tuples(*(network_policy(f"np-{i}") for i in range(n)))),
+       v1alpha1_policies())
+def test_cluster_network_policies_mean_what_their_v1alpha1_forms_mean(nps, olds):
+    before = build([*nps, *olds])
+    after = build([*nps, *(as_cnp(d) for d in olds)])
+    assert not after.admin_policies and after.baseline is None
+    for src, dst in itertools.permutations(before.sorted_pods(), 2):
+        for proto in PROTOCOLS:
+            assert (policy.allowed_ports(after, after.find_pod(src.ref), after.find_pod(dst.ref), proto)
+                    == policy.allowed_ports(before, src, dst, proto)), (src.ref, dst.ref, proto)
 
 
 def test_format_ranges():
