@@ -105,8 +105,11 @@ def alive(entry: dict | None) -> bool:
         return False
     pid = entry["pid"]
     proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
-        return False
+    if proc is not None:
+        # Our own child: its PID cannot be reused before we reap it, and
+        # until it has exec'd, /proc/<pid>/cmdline is still ours — checking
+        # that raced with a slow exec under load ("apiserver exited").
+        return proc.poll() is None
     try:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":

@@ -174,8 +174,3 @@ def counters_to_proto(namespace: str, name: str, uid: str,
         pod=pb.PodRef(namespace=namespace, name=name, uid=uid),
         **{d: pb.DirectionCounters(allowed=t[0], dropped=t[1], redirected=t[2])
            for d, t in totals.items()})
-
-
-def counters_from_proto(msg: pb.CountersResponse) -> dict[str, Totals]:
-    """Message -> {direction: (allowed, dropped, redirected)}."""
-    return {d: (c.allowed, c.dropped, c.redirected) for d in DIRECTIONS for c in (getattr(msg, d),)}

@@ -74,12 +74,12 @@ class _Dialect:
     actions: Mapping[str, str]          # action as written -> ALLOW / DENY / PASS
     max_items: int                      # rules per direction, peers per rule, ports per rule
     ports_field: str                    # "ports" (v1alpha1) or "protocols" (v1alpha2)
-
+    domain_names: bool = False          # egress may name peers by DNS name (v1alpha2)
 
 
 _ANP = _Dialect({ALLOW: ALLOW, DENY: DENY, PASS: PASS}, 100, "ports")
 _BANP = _Dialect({ALLOW: ALLOW, DENY: DENY}, 100, "ports")
-_CNP = _Dialect({"Accept": ALLOW, DENY: DENY, PASS: PASS}, 25, "protocols")
+_CNP = _Dialect({"Accept": ALLOW, DENY: DENY, PASS: PASS}, 25, "protocols", domain_names=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,17 +131,10 @@ class AdminPolicy:
     def ref(self) -> str:
         return self.name
 
-    @property
-    def key(self) -> tuple[str, str]:
-        """(kind, name): an ANP and a CNP may share a name."""
-        return (self.kind, self.name)
-
 
 def parse_anp(obj: Mapping, name: str) -> AdminPolicy:
     spec = _spec(obj, ("priority", "subject", "ingress", "egress"))
-    return AdminPolicy(ANP, name, _priority(spec), _parse_subject(spec.get("subject")),
-                       _parse_rules(spec, "ingress", _ANP), _parse_rules(spec, "egress", _ANP),
-                       ADMIN_TIER)
+    return _policy(ANP, name, _priority(spec), spec, _ANP, ADMIN_TIER)
 
 
 def parse_banp(obj: Mapping, name: str) -> AdminPolicy:
@@ -149,9 +142,7 @@ def parse_banp(obj: Mapping, name: str) -> AdminPolicy:
         raise InvalidSpec("metadata.name", f"{name!r}: only one baseline admin network policy with "
                                            f"metadata.name=\"{BANP_NAME}\" can be created in the cluster")
     spec = _spec(obj, ("subject", "ingress", "egress"))
-    return AdminPolicy(BANP, name, None, _parse_subject(spec.get("subject")),
-                       _parse_rules(spec, "ingress", _BANP), _parse_rules(spec, "egress", _BANP),
-                       BASELINE_TIER)
+    return _policy(BANP, name, None, spec, _BANP, BASELINE_TIER)
 
 
 def parse_cnp(obj: Mapping, name: str) -> AdminPolicy:
@@ -162,10 +153,15 @@ def parse_cnp(obj: Mapping, name: str) -> AdminPolicy:
     if tier not in TIERS:
         raise InvalidSpec("spec.tier", f"Unsupported value: {tier!r}: supported values: "
                                        + ", ".join(f'"{t}"' for t in TIERS))
+    return _policy(CNP, name, _priority(spec), spec, _CNP, tier)
+
+
+def _policy(kind: str, name: str, priority: int | None, spec: Mapping, dialect: _Dialect,
+            tier: str) -> AdminPolicy:
     notes: list[str] = []
-    return AdminPolicy(CNP, name, _priority(spec), _parse_subject(spec.get("subject")),
-                       _parse_rules(spec, "ingress", _CNP), _parse_rules(spec, "egress", _CNP, notes),
-                       tier, tuple(notes))
+    return AdminPolicy(kind, name, priority, _parse_subject(spec.get("subject")),
+                       _parse_rules(spec, "ingress", dialect, notes),
+                       _parse_rules(spec, "egress", dialect, notes), tier, tuple(notes))
 
 
 PARSERS = {ANP: parse_anp, BANP: parse_banp, CNP: parse_cnp}
@@ -242,7 +238,9 @@ def _selector_or_all(obj, path: str) -> selectors.LabelSelector:
 
 
 def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect,
-                 notes: list[str] | None = None) -> tuple[AdminRule, ...]:
+                 notes: list[str]) -> tuple[AdminRule, ...]:
+    """The direction's rules; what is enforced otherwise than written is
+    added to `notes`."""
     rules = spec.get(direction)
     path = f"spec.{direction}"
     if rules is None:
@@ -253,6 +251,8 @@ def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect,
         raise InvalidSpec(path, f"must have at most {dialect.max_items} items, got {len(rules)}")
     peers_field = "from" if direction == "ingress" else "to"
     peer_kinds = INGRESS_PEER_KINDS if direction == "ingress" else EGRESS_PEER_KINDS
+    domain_names = dialect.domain_names and direction == "egress"
+    parse_ports = _PORT_PARSERS[dialect.ports_field]
     parsed = []
     for i, rule in enumerate(rules):
         where = f"{path}[{i}]"
@@ -278,12 +278,11 @@ def _parse_rules(spec: Mapping, direction: str, dialect: _Dialect,
         if len(peers) > dialect.max_items:
             raise InvalidSpec(f"{where}.{peers_field}", f"must have at most {dialect.max_items} items")
         ports_path = f"{where}.{dialect.ports_field}"
-        parse_ports = _parse_protocols if dialect is _CNP else _parse_ports
         action = dialect.actions[action]
         parsed_peers, named_domains = [], []
         for j, peer in enumerate(peers):
             ppath = f"{where}.{peers_field}[{j}]"
-            if notes is not None and isinstance(peer, Mapping) and peer.get(DOMAIN_NAMES) is not None:
+            if domain_names and isinstance(peer, Mapping) and peer.get(DOMAIN_NAMES) is not None:
                 _one_of(peer, ppath, (*peer_kinds, DOMAIN_NAMES))
                 _domain_names(peer[DOMAIN_NAMES], f"{ppath}.{DOMAIN_NAMES}")
                 named_domains.append(f"{ppath}.{DOMAIN_NAMES}")
@@ -384,6 +383,9 @@ def _parse_protocols(port_list, path: str, max_items: int) -> tuple[ports_.PortM
             raise InvalidSpec(f"{where}.destinationPort", "Required value")
         out.append(_destination_port(field.upper(), value["destinationPort"], f"{where}.destinationPort"))
     return tuple(out)
+
+
+_PORT_PARSERS = {"ports": _parse_ports, "protocols": _parse_protocols}
 
 
 def _destination_port(protocol: str, port, path: str) -> ports_.PortMatch:

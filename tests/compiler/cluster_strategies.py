@@ -287,17 +287,23 @@ def anp_peer(draw, egress: bool, anchors):
 
 
 @st.composite
-def anp_rules(draw, actions, egress: bool, anchors):
+def admin_rules(draw, actions, egress: bool, peer, ports_field: str, port, min_rules: int = 0):
+    """Rules of a cluster-wide policy in either API version: `peer` draws
+    a peer, `port` an item of `ports_field` (ports or protocols)."""
     rules = []
-    for i in range(draw(st.integers(0, 3))):
+    for i in range(draw(st.integers(min_rules, 3))):
         rule = {"action": draw(st.sampled_from(actions)),
-                "to" if egress else "from": draw(st.lists(anp_peer(egress, anchors), min_size=1, max_size=2))}
+                "to" if egress else "from": draw(st.lists(peer, min_size=1, max_size=2))}
         if draw(st.booleans()):
             rule["name"] = f"rule-{i}"
         if draw(st.booleans()):
-            rule["ports"] = draw(st.lists(anp_port(), min_size=1, max_size=3))
+            rule[ports_field] = draw(st.lists(port, min_size=1, max_size=3))
         rules.append(rule)
     return rules
+
+
+def anp_rules(actions, egress: bool, anchors):
+    return admin_rules(actions, egress, anp_peer(egress, anchors), "ports", anp_port())
 
 
 @st.composite
@@ -360,19 +366,10 @@ def cnp_peer(draw, egress: bool, anchors):
     return {"networks": sorted(set(draw(st.lists(cidr(anchors), min_size=1, max_size=2))))}
 
 
-@st.composite
-def cnp_rules(draw, egress: bool, anchors):
+def cnp_rules(egress: bool, anchors):
     """One to three rules, each Accept, Deny or Pass (in either tier)."""
-    rules = []
-    for i in range(draw(st.integers(1, 3))):
-        rule = {"action": draw(st.sampled_from(("Accept", "Deny", "Pass"))),
-                "to" if egress else "from": draw(st.lists(cnp_peer(egress, anchors), min_size=1, max_size=2))}
-        if draw(st.booleans()):
-            rule["name"] = f"rule-{i}"
-        if draw(st.booleans()):
-            rule["protocols"] = draw(st.lists(cnp_protocol(), min_size=1, max_size=3))
-        rules.append(rule)
-    return rules
+    return admin_rules(("Accept", "Deny", "Pass"), egress, cnp_peer(egress, anchors), "protocols",
+                       cnp_protocol(), min_rules=1)
 
 
 @st.composite
