@@ -32,7 +32,7 @@ def compute(state, datapath: str) -> list[dict]:
     from tailor.operator.compiler import build
 
     built = build.build(state, progress=cluster_input.Progress("compiling pods"))
-    node = tracing.Node(trace.engine(datapath))
+    node = tracing.Node(trace.engine(datapath), state)
     try:
         progress = cluster_input.Progress("loading programs")
         for i, b in enumerate(built.values(), 1):

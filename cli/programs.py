@@ -22,25 +22,23 @@ def register(sub) -> None:
 
 
 def describe(built) -> dict:
-    from tailor.operator.compiler import mapdata
+    from tailor.datapath import layout
 
     programs = built.programs
-    entries = mapdata.entries(built.spec)
     maps = {}
     for direction in ("ingress", "egress"):
         for spec in programs.program(direction).maps:
-            shared = spec.name.startswith("ct")
+            shared = spec.name in layout.NODE_MAPS
             name = spec.name if shared else f"{direction}/{spec.name}"
             maps[name] = {"type": spec.type.name.lower(), "key_size": spec.key_size,
                           "value_size": spec.value_size, "max_entries": spec.max_entries,
                           "shared": shared}
-            if not shared:
-                maps[name]["entries"] = len(entries[direction].get(spec.name, {}))
     return {
         "pod": programs.pod,
         "features": list(programs.features),
         "instructions": programs.instructions,
         "hash": programs.hash,
+        "groups": sorted(built.spec.group_ids()),
         "programs": {d: {"instructions": programs.program(d).instructions,
                          "jumps": programs.program(d).jumps} for d in ("ingress", "egress")},
         "maps": maps,

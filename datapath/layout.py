@@ -12,8 +12,8 @@ Register plan, for every program tailor emits:
     r6  the __sk_buff context, for the whole program
     r7  the IP protocol number (TCP 6, UDP 17, SCTP 132, ...)
     r8  the destination port in host order, 0 when the packet has none
-    r9  pointer to the peer-group bitmap of the remote address (a map value,
-        or the zeroed stack area when the address is in no group)
+    r9  pointer to the remote address's peer-group bitmap in the node's
+        identity map, or 0 when the address is in no group
     r1-r5 scratch, clobbered by every helper call; r0 the result
 """
 from __future__ import annotations
@@ -62,7 +62,6 @@ ENDPOINT = struct.Struct("<I6s6s2x")        # host ifindex, pod MAC, host-side M
 ENDPOINTS4 = MapSpec("endpoints4", MapType.HASH, 4, ENDPOINT.size, 4096)
 ENDPOINTS6 = MapSpec("endpoints6", MapType.HASH, 16, ENDPOINT.size, 4096)
 ENDPOINT_MAPS = {4: ENDPOINTS4, 6: ENDPOINTS6}
-NODE_MAPS = {m.name: m for m in (CT4, CT6, ENDPOINTS4, ENDPOINTS6)}
 
 
 def pack_endpoint(ifindex: int, pod_mac: bytes, host_mac: bytes) -> bytes:
@@ -74,30 +73,25 @@ STATS = MapSpec("stats", MapType.PERCPU_ARRAY, 4, 8, 4)
 STAT_ALLOWED, STAT_DROPPED, STAT_REDIRECTED = 0, 1, 2
 STAT_NAMES = ("allowed", "dropped", "redirected")
 
-# Per pod and direction: remote address -> peer-group bitmap (u32 words).
+# Node-wide identity maps (the idea of Cilium's ipcache and Calico's ipsets):
+# a peer's address -> the bitmap of the node's peer groups it belongs to,
+# written once per node whatever the number of pods whose rules name it.
+# Which bit is which group is the node's own numbering (datapath/groups.py);
+# programs name groups and the loader resolves them, as it resolves maps.
+GROUP_WORDS = 64                                 # 2,048 peer groups per node
 PEER_CAPACITY = 65536
+IDS4 = MapSpec("ids4", MapType.HASH, 4, 4 * GROUP_WORDS, PEER_CAPACITY, F_NO_PREALLOC)
+IDS6 = MapSpec("ids6", MapType.HASH, 16, 4 * GROUP_WORDS, PEER_CAPACITY, F_NO_PREALLOC)
+IDS_MAPS = {4: IDS4, 6: IDS6}
 
+# Node-wide: (peer address, port, protocol) -> bitmap of the node's named
+# ports (egress rules naming a port by name: its number is the peer's).
+PORT_WORDS = 2                                   # 64 port names per node
+PORTS4 = MapSpec("ports4", MapType.HASH, 8, 4 * PORT_WORDS, PEER_CAPACITY, F_NO_PREALLOC)
+PORTS6 = MapSpec("ports6", MapType.HASH, 20, 4 * PORT_WORDS, PEER_CAPACITY, F_NO_PREALLOC)
+PORTS_MAPS = {4: PORTS4, 6: PORTS6}
 
-def peer_map(family: int, words: int) -> MapSpec:
-    return MapSpec(f"peers{family}", MapType.HASH, 4 if family == 4 else 16, 4 * words,
-                   PEER_CAPACITY, F_NO_PREALLOC)
-
-
-# Per pod, egress: (remote address, port, protocol) -> named-port slot bitmap.
-NAMED_PORT_SLOTS = 32
-
-
-def named_port_map(family: int) -> MapSpec:
-    return MapSpec(f"nports{family}", MapType.HASH, 8 if family == 4 else 20, 4,
-                   PEER_CAPACITY, F_NO_PREALLOC)
-
-
-# The zeroed bitmap shares the 512-byte stack with the keys (128 bytes).
-MAX_GROUP_WORDS = 94
-
-
-def words_for(groups: int) -> int:
-    return max(1, (groups + 31) // 32)
+NODE_MAPS = {m.name: m for m in (CT4, CT6, ENDPOINTS4, ENDPOINTS6, IDS4, IDS6, PORTS4, PORTS6)}
 
 
 # --- stack frame -------------------------------------------------------------
@@ -112,16 +106,15 @@ class Frame:
     key: int          # this packet's connection key
     rkey: int         # the reverse key a reply to it would carry
     np_key: int       # named-port lookup key
-    np_bits: int      # u32: named-port slots the remote matches
+    np_bits: int      # PORT_WORDS u32s: the node's named ports the remote exposes here
     ct_value: int     # u64 written into new connection entries
     stat_key: int     # u32 index into the stats map
-    zero: int         # zeroed peer bitmap for addresses in no group
+    end: int          # the lowest offset the frame uses
 
     @staticmethod
-    def plan(words: int) -> "Frame":
-        zero = -(40 + 40 + 24 + 8 + 8 + 8 + 4 * words + 7) // 8 * 8
+    def plan() -> "Frame":
         return Frame(key=-40, rkey=-80, np_key=-104, np_bits=-112, ct_value=-120,
-                     stat_key=-128, zero=zero)
+                     stat_key=-128, end=-128)
 
 
 def addr_len(family: int) -> int:

@@ -1,7 +1,11 @@
-"""Call the real `tailor-cni` executable as a container runtime would.
+"""Call the real `tailor` CNI plugin as a container runtime would.
 
 Called by lab.up (ADD per pod) and lab.down (DEL per pod), and by tests.
-The plugin runs inside the node's namespace with the CNI environment
+The plugin is installed into the lab's run dir (`<run dir>/cni-bin/tailor`)
+on the first call, as a node's installer puts it into /opt/cni/bin: the
+script tailor.datapath.cni.install writes, which starts its interpreter
+without `site` (the console script `tailor-cni` spends most of each run
+there). It runs inside the node's namespace with the CNI environment
 (CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS=/var/run/netns/<pod ns>,
 CNI_IFNAME=eth0, CNI_ARGS with the pod's namespace, name and uid, CNI_PATH)
 and the network config on stdin; it talks to the node's agent over the
@@ -11,15 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
+import threading
 
+from tailor.datapath.cni import install as install_
 from tailor.lab import netns as netns_
 from tailor.lab import plan as plan_
 
 CNI_VERSION = "1.1.0"
 TIMEOUT_SECONDS = 20
+BIN_DIR = "cni-bin"   # under the run dir: the lab's /opt/cni/bin
+_installing = threading.Lock()   # lab.up runs ADDs from several threads
 
 
 class CniError(Exception):
@@ -34,15 +40,13 @@ class CniError(Exception):
         super().__init__(text)
 
 
-def plugin() -> str:
-    """The tailor-cni executable beside this Python, else on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "tailor-cni")
-    if os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("tailor-cni")
-    if not found:
-        raise FileNotFoundError("tailor-cni is not installed: pip install -e . puts it beside python3")
-    return found
+def installed(lab: dict) -> str:
+    """The plugin in the lab's CNI bin dir, installed there on first use."""
+    exe = os.path.join(lab["run_dir"], BIN_DIR, install_.NAME)
+    with _installing:
+        if not os.access(exe, os.X_OK):
+            install_.install(os.path.dirname(exe))
+    return exe
 
 
 def netconf(lab: dict, node: dict, pod: dict) -> dict:
@@ -74,7 +78,7 @@ def host_interface(result: dict) -> str:
 
 
 def _call(command: str, lab: dict, node: dict, pod: dict) -> dict | None:
-    exe = plugin()
+    exe = installed(lab)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
            "CNI_COMMAND": command, "CNI_CONTAINERID": pod["container_id"],
            "CNI_NETNS": netns_.path(pod["netns"]) if netns_.exists(pod["netns"]) else "",
@@ -87,7 +91,7 @@ def _call(command: str, lab: dict, node: dict, pod: dict) -> dict | None:
         proc = subprocess.run(netns_.exec_argv(node["netns"], [exe]), input=config, env=env,
                               capture_output=True, text=True, timeout=TIMEOUT_SECONDS + 5)
     except subprocess.TimeoutExpired:
-        raise CniError(pod["ref"], command, None, f"tailor-cni gave no answer in {TIMEOUT_SECONDS + 5}s")
+        raise CniError(pod["ref"], command, None, f"the tailor CNI plugin gave no answer in {TIMEOUT_SECONDS + 5}s")
     out = proc.stdout.strip()
     try:
         answer = json.loads(out) if out else None
@@ -96,7 +100,7 @@ def _call(command: str, lab: dict, node: dict, pod: dict) -> dict | None:
     if proc.returncode != 0:
         if isinstance(answer, dict) and "code" in answer:
             raise CniError(pod["ref"], command, answer["code"], answer.get("msg", ""), answer.get("details", ""))
-        raise CniError(pod["ref"], command, None, f"tailor-cni exited {proc.returncode}",
+        raise CniError(pod["ref"], command, None, f"the tailor CNI plugin exited {proc.returncode}",
                        (proc.stderr or out).strip()[-500:])
     return answer
 

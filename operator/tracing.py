@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from tailor.datapath import groups as node_groups
 from tailor.datapath import layout
 from tailor.datapath import packets as pk
 from tailor.datapath import trace
 from tailor.datapath.layout import EGRESS, INGRESS
-from tailor.operator.compiler import mapdata
+from tailor.operator import groups
+from tailor.operator.cluster.state import ClusterState
 from tailor.operator.compiler.program import PodPrograms
 from tailor.operator.compiler.spec import ProgramSpec
 
@@ -46,20 +48,47 @@ class _Pod:
 
 class Node:
     """One node's worth of pods: their programs loaded in `engine` against
-    the node-wide connection-tracking maps and their own peer maps."""
+    the node-wide maps (connection tracking, endpoints, and the identity
+    maps holding the members of the groups their rules test, taken from
+    `state`) and their own maps."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, state: ClusterState):
         self.engine = engine
+        self.memberships = groups.Memberships(state)
+        self.groups = node_groups.NodeGroups()
         self.shared = {name: engine.create_map(spec) for name, spec in layout.NODE_MAPS.items()}
         self.ct = {f: self.shared[spec.name] for f, spec in layout.CT_MAPS.items()}
         self.pods: dict[str, _Pod] = {}
 
+    def members(self, gid: str) -> frozenset:
+        return self.memberships.members(gid)
+
+    def add_generic(self, spec: ProgramSpec) -> None:
+        """Load the pod on the generic programs (compiler.generic), its
+        peers in its own maps."""
+        from tailor.operator.compiler import generic
+
+        self.memberships.define(spec.definitions.values())
+        self.add(spec, *generic.programs(spec, self.members))
+
     def add(self, spec: ProgramSpec, programs: PodPrograms, entries=None) -> None:
         """Load a pod's two programs with its own maps filled from `entries`
-        ({direction: {map name: {key: value}}}; default: the specialised
-        programs' map data)."""
-        if entries is None:
-            entries = mapdata.entries(spec)
+        ({direction: {map name: {key: value}}}; the specialised programs
+        have none but counters) and the members of the groups it tests in
+        the node's identity maps."""
+        entries = entries or {}
+        self.memberships.define(spec.definitions.values())
+        wanted = [node_groups.GroupChange(g, tuple(self.members(g)), replace=True)
+                  for g in sorted(spec.definitions) if g not in self.groups.groups()]
+        writes = self.groups.update(wanted)
+        for name, table in writes.items():
+            for key, value in table.items():
+                if value is None:
+                    self.shared[name].delete(key)
+                else:
+                    self.shared[name].update(key, value)
+        insns, held = self.groups.resolve({d: list(programs.program(d).insns) for d in (INGRESS, EGRESS)})
+        self.groups.hold(spec.pod, held)
         loaded, owned = {}, []
         try:
             for direction in (INGRESS, EGRESS):
@@ -71,10 +100,10 @@ class Node:
                         continue
                     m = self.engine.create_map(mspec)
                     owned.append(m)
-                    for key, value in entries[direction].get(mspec.name, {}).items():
+                    for key, value in entries.get(direction, {}).get(mspec.name, {}).items():
                         m.update(key, value)
                     maps[mspec.name] = m
-                loaded[direction] = self.engine.load(program.insns, maps,
+                loaded[direction] = self.engine.load(insns[direction], maps,
                                                      f"{direction[:2]}_{len(self.pods)}")
                 owned.append(loaded[direction])
         except BaseException:

@@ -128,6 +128,13 @@ class Core:
             known = self._programs.get(key)
             unchanged = (known is not None and known.uid == received.uid
                          and known.hash == received.hash and key not in self._failures)
+            if received.groups:
+                # Members first: a program never tests a group before the
+                # node knows who is in it.
+                try:
+                    self.backend.update_groups(received.groups)
+                except base.BackendError as e:
+                    raise InvalidRequest(f"pod {key}: {e}") from None
             self._programs[key] = received
             self._pushes[key] = next(self._stamps)
             self._arrived.notify_all()
@@ -180,6 +187,21 @@ class Core:
                     raise InvalidRequest(str(e)) from None
             self.metrics.maps_updated(changed)
             return changed
+
+    def update_groups(self, changes, *, full: bool = False) -> tuple[int, str]:
+        """Change node-wide group members. (entries changed, the node's
+        groups digest after)."""
+        with self._lock:
+            try:
+                changed = self.backend.update_groups(changes, full=full)
+            except base.BackendError as e:
+                raise InvalidRequest(str(e)) from None
+            self.metrics.maps_updated(changed)
+            return changed, self.backend.groups_digest()
+
+    def groups_digest(self) -> str:
+        with self._lock:
+            return self.backend.groups_digest()
 
     def remove(self, namespace: str, name: str, uid: str = "") -> bool:
         """Detach and forget the pod's programs; the endpoint stays registered."""
@@ -277,6 +299,13 @@ class Core:
                     # An Apply or UpdateMaps came while the program source
                     # answered: it was sent after the answer, so it is newer.
                     received = newer
+                elif received.groups:
+                    # Fetched at CNI ADD: the members of the groups it tests
+                    # come with it, and go in before the program does.
+                    try:
+                        self.backend.update_groups(received.groups)
+                    except base.BackendError as e:
+                        raise base.AttachFailed(f"pod {key}: {e}") from None
                 self._programs[key] = received
                 try:
                     self.backend.attach(ep, received)

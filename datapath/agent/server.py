@@ -87,13 +87,23 @@ class AgentServicer(rpc.AgentServicer):
         return pb.UpdateMapsResponse(changed_entries=changed)
 
     @_errors_as_status
+    def UpdateGroups(self, request, context):
+        try:
+            changes = wire.group_changes_from_proto(request.groups)
+        except ValueError as e:
+            raise core.InvalidRequest(str(e)) from None
+        changed, digest = self.core.update_groups(changes, full=request.full)
+        return pb.UpdateGroupsResponse(changed_entries=changed, digest=digest)
+
+    @_errors_as_status
     def Remove(self, request, context):
         namespace, name, uid = _pod_ref(request.pod)
         return pb.RemoveResponse(removed=self.core.remove(namespace, name, uid))
 
     @_errors_as_status
     def List(self, request, context):
-        return pb.ListResponse(pods=[status_message(s) for s in self.core.list()])
+        return pb.ListResponse(pods=[status_message(s) for s in self.core.list()],
+                               groups_digest=self.core.groups_digest())
 
     @_errors_as_status
     def Get(self, request, context):

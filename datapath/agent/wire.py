@@ -7,7 +7,9 @@ send, by the agent's server and backends to receive and to persist (the
 kernel backend writes the PodProgram in force back as a message), and by
 the operator to read counters. A program travels as raw instruction bytes
 with map fds 0 plus a relocation table, so the receiver resolves map names
-to its own map objects exactly as the compiler named them.
+to its own map objects exactly as the compiler named them; group tests
+travel the same way (a relocation naming the group), resolved by the agent
+to its own numbering (datapath/groups.py).
 
 Map contents everywhere are `{direction: {map name: {key: value}}}` (bytes
 keys and values, in the layouts of datapath/layout.py).
@@ -18,6 +20,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from tailor.datapath.agent.api import agent_pb2 as pb
+from tailor.datapath import groups as G
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.maps import MapSpec, MapType
 from tailor.datapath.layout import DIRECTIONS
@@ -40,6 +43,7 @@ class Received:
     maps: dict[str, list[MapSpec]]                     # direction -> maps its insns name
     entries: dict[str, dict[str, dict[bytes, bytes]]]  # direction -> map -> key -> value
     direction_features: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    groups: tuple[G.GroupChange, ...] = ()             # members to apply before loading
 
     @property
     def key(self) -> str:
@@ -61,19 +65,36 @@ def _program(direction: str, insns: Iterable[isa.Insn], maps: Iterable[MapSpec],
     for insn in insns:
         if insn.ref is not None:
             relocations.append(pb.Relocation(slot=slot, map=insn.ref, pseudo=insn.src))
+        if insn.group is not None:
+            relocations.append(pb.Relocation(slot=slot, group=insn.group))
         slot += insn.slots
     return pb.Program(
         direction=direction, insns=isa.encode(insns), relocations=relocations,
-        maps=[pb.MapSpec(name=m.name, type=int(m.type), key_size=m.key_size, value_size=m.value_size,
-                         max_entries=m.max_entries, flags=m.flags) for m in maps],
+        maps=[_map_spec(m) for m in maps],
         features=sorted(features), instructions=slot,
         annotations=[i.comment or "" for i in insns])
 
 
 def program_to_proto(program) -> pb.Program:
     """A compiler Program (operator.compiler.program.Program: direction,
-    insns, maps, features) -> message."""
-    return _program(program.direction, program.insns, program.maps, program.features)
+    insns, maps, features; its encoded bytes and wire_parts when it has
+    them, which a templated program has without making its instructions)
+    -> message."""
+    parts = getattr(program, "wire_parts", None)
+    if parts is None:
+        return _program(program.direction, program.insns, program.maps, program.features)
+    relocations, annotations = parts
+    return pb.Program(
+        direction=program.direction, insns=program.encoded,
+        relocations=[pb.Relocation(slot=slot, map=ref, pseudo=pseudo) if ref
+                     else pb.Relocation(slot=slot, group=group) for slot, ref, pseudo, group in relocations],
+        maps=[_map_spec(m) for m in program.maps], features=sorted(program.features),
+        instructions=len(program.encoded) // isa.SLOT, annotations=list(annotations))
+
+
+def _map_spec(m: MapSpec) -> pb.MapSpec:
+    return pb.MapSpec(name=m.name, type=int(m.type), key_size=m.key_size, value_size=m.value_size,
+                      max_entries=m.max_entries, flags=m.flags)
 
 
 def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
@@ -88,6 +109,9 @@ def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
              for m in msg.maps}
     for rel in msg.relocations:
         i = by_slot.get(rel.slot)
+        if rel.group:
+            _group_relocation(msg.direction, insns, i, rel)
+            continue
         if i is None or not insns[i].is_wide:
             raise ValueError(f"{msg.direction} program: relocation at slot {rel.slot} is not a 64-bit load")
         if rel.map not in specs:
@@ -100,6 +124,51 @@ def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
                              f"for {len(insns)} instructions")
         insns = [dataclasses.replace(i, comment=c or None) for i, c in zip(insns, msg.annotations)]
     return insns, list(specs.values())
+
+
+def _group_relocation(direction: str, insns: list[isa.Insn], i: int | None, rel) -> None:
+    try:
+        G.kind_of(rel.group)
+    except ValueError as e:
+        raise ValueError(f"{direction} program: relocation at slot {rel.slot}: {e}") from None
+    klass = insns[i].code & 0x07 if i is not None else None
+    if klass not in (isa.LDX, isa.JMP, isa.JMP32):
+        raise ValueError(f"{direction} program: group relocation at slot {rel.slot} "
+                         "is neither a load nor a jump")
+    insns[i] = dataclasses.replace(insns[i], group=rel.group)
+
+
+# -- groups -------------------------------------------------------------------------
+
+def group_changes_to_proto(changes: Iterable[G.GroupChange]) -> list[pb.GroupChange]:
+    out = []
+    for c in changes:
+        msg = pb.GroupChange(group=c.group, replace=c.replace, drop=c.drop)
+        if G.kind_of(c.group) == G.PEER:
+            msg.add.extend(sorted(c.add))
+            msg.remove.extend(sorted(c.remove))
+        else:
+            msg.add_endpoints.extend(pb.NamedEndpoint(address=a, port=p) for a, p in sorted(c.add))
+            msg.remove_endpoints.extend(pb.NamedEndpoint(address=a, port=p) for a, p in sorted(c.remove))
+        out.append(msg)
+    return out
+
+
+def group_changes_from_proto(msgs: Iterable[pb.GroupChange]) -> tuple[G.GroupChange, ...]:
+    """Messages -> changes. Raises ValueError naming the group for a malformed one."""
+    out = []
+    for m in msgs:
+        if G.kind_of(m.group) == G.PEER:
+            add, remove = tuple(m.add), tuple(m.remove)
+            if m.add_endpoints or m.remove_endpoints:
+                raise ValueError(f"group {m.group}: a peer group's members are addresses, not endpoints")
+        else:
+            add = tuple((e.address, e.port) for e in m.add_endpoints)
+            remove = tuple((e.address, e.port) for e in m.remove_endpoints)
+            if m.add or m.remove:
+                raise ValueError(f"group {m.group}: a named port's members are endpoints, not addresses")
+        out.append(G.GroupChange(m.group, add, remove, m.replace, m.drop))
+    return tuple(out)
 
 
 # -- map contents -------------------------------------------------------------------
@@ -125,14 +194,14 @@ def map_contents_from(contents: Iterable[pb.MapContents]) -> dict[str, dict[str,
 # -- pod programs -------------------------------------------------------------------
 
 def to_proto(namespace: str, name: str, uid: str, programs, entries: Entries,
-             addresses: tuple[str, ...] = ()) -> pb.PodProgram:
+             addresses: tuple[str, ...] = (), groups: Iterable[G.GroupChange] = ()) -> pb.PodProgram:
     """Compiled PodPrograms (operator.compiler.program.PodPrograms) + their
-    map contents -> message."""
+    map contents and the group members to send along -> message."""
     return pb.PodProgram(
         pod=pb.PodRef(namespace=namespace, name=name, uid=uid), addresses=list(addresses),
         hash=programs.hash, features=list(programs.features),
         ingress=program_to_proto(programs.ingress), egress=program_to_proto(programs.egress),
-        maps=map_contents(entries))
+        maps=map_contents(entries), groups=group_changes_to_proto(groups))
 
 
 def from_proto(msg: pb.PodProgram) -> Received:
@@ -148,10 +217,11 @@ def from_proto(msg: pb.PodProgram) -> Received:
     entries: dict[str, dict[str, dict[bytes, bytes]]] = {d: {} for d in DIRECTIONS}
     try:
         entries.update(map_contents_from(msg.maps))
+        groups = group_changes_from_proto(msg.groups)
     except ValueError as e:
         raise ValueError(f"pod {msg.pod.namespace}/{msg.pod.name}: {e}") from None
     return Received(msg.pod.namespace, msg.pod.name, msg.pod.uid, tuple(msg.addresses), msg.hash,
-                    tuple(msg.features), insns, maps, entries, features)
+                    tuple(msg.features), insns, maps, entries, features, groups)
 
 
 def received_to_proto(received: Received) -> pb.PodProgram:

@@ -6,9 +6,12 @@ validates the environment and the network config, answers VERSION itself, and
 hands every other command (a row of protocol.COMMANDS) to the node agent over
 its unix socket. The agent does the netlink, IPAM and program work.
 
-Kept thin on purpose: it imports only the standard library's json, os, sys,
-time and socket (through protocol.py). pyroute2 costs ~350 ms to import and grpc
-~160 ms; a plugin paying that per pod would dominate pod start-up.
+Kept thin on purpose: it imports only os, sys, time and `_socket` from the
+standard library, and its JSON comes from protocol.py. pyroute2 costs ~350 ms
+to import and grpc ~160 ms; a plugin paying that per pod would dominate pod
+start-up, and even `json` and `socket` (with the `re`, `enum` and
+`selectors` they load) are half of a plain start. install.py installs it to
+run as `python3 -IS`, without `site`.
 
 Config keys read here besides the spec's: `agentSocket` (default
 /run/tailor/cni.sock) and `timeoutSeconds` (default 30): how long to wait for
@@ -16,11 +19,11 @@ the agent, which answers code 11 (try again later) before that runs out.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 import time
+
+import _socket   # socket.py's own imports (enum, selectors) would double the cost
 
 from tailor.datapath.cni import protocol
 
@@ -67,7 +70,7 @@ def main() -> int:
 
 def _read_config(data: bytes) -> dict:
     try:
-        config = json.loads(data)
+        config = protocol.loads(data)
     except ValueError as e:
         raise CniError(protocol.ERR_DECODE, "failed to decode the network config on stdin",
                        str(e)) from None
@@ -180,7 +183,7 @@ def _call_agent(command: str, env: dict, config: dict) -> dict:
     message = protocol.request(command, env["CNI_CONTAINERID"], env["CNI_NETNS"],
                                env["CNI_IFNAME"], env["args"], config)
     unreachable = protocol.COMMANDS[command].unreachable
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         try:
@@ -190,7 +193,7 @@ def _call_agent(command: str, env: dict, config: dict) -> dict:
         try:
             sock.sendall(protocol.encode(message))
             return protocol.read_message(sock, deadline)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise CniError(unreachable, "tailor agent did not answer in time",
                            f"no answer from {path} within {timeout:g}s") from None
         except (OSError, protocol.ProtocolError) as e:
@@ -202,7 +205,7 @@ def _call_agent(command: str, env: dict, config: dict) -> dict:
 # -- output -------------------------------------------------------------------
 
 def _print(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(protocol.dumps(obj) + "\n")
     sys.stdout.flush()
 
 

@@ -224,10 +224,12 @@ class Builder:
             return 0
         return off
 
-    def load(self, nbytes: int, dst: Reg, base: Reg, off: int) -> None:
-        """dst = *(u{8*nbytes} *)(base + off), zero-extended."""
+    def load(self, nbytes: int, dst: Reg, base: Reg, off: int, *, group: str | None = None) -> None:
+        """dst = *(u{8*nbytes} *)(base + off), zero-extended. `group`: the
+        word of that node-wide group's bitmap, resolved at load (isa.Insn)."""
         self._emit(isa.Insn(isa.LDX | isa.MEM | self._size("load", nbytes),
-                            self._reg("load", dst), self._reg("load", base), self._off("load", off)))
+                            self._reg("load", dst), self._reg("load", base), self._off("load", off),
+                            group=group))
 
     def load_sx(self, nbytes: int, dst: Reg, base: Reg, off: int) -> None:
         """dst = *(s{8*nbytes} *)(base + off), sign-extended."""
@@ -270,7 +272,8 @@ class Builder:
         self._emit(_Pending(isa.Insn(isa.JMP32 | isa.JA), label, True, "gotol"))
         self._reachable = False
 
-    def jump_if(self, cond: str, dst: Reg, src, label: str, *, wide: bool = True) -> None:
+    def jump_if(self, cond: str, dst: Reg, src, label: str, *, wide: bool = True,
+                group: str | None = None) -> None:
         """if dst <cond> src goto label; cond is a jump name (jeq, jsgt, jset...).
         wide=False compares the low 32 bits (JMP32)."""
         if cond not in _COND:
@@ -278,8 +281,8 @@ class Builder:
             return
         klass = isa.JMP if wide else isa.JMP32
         bit, sreg, imm = self._operand(cond, src)
-        self._emit(_Pending(isa.Insn(klass | _COND[cond] | bit, self._reg(cond, dst), sreg, 0, imm),
-                            label, False, cond))
+        self._emit(_Pending(isa.Insn(klass | _COND[cond] | bit, self._reg(cond, dst), sreg, 0, imm,
+                                     group=group), label, False, cond))
 
     def jeq(self, dst, src, label): self.jump_if("jeq", dst, src, label)
     def jne(self, dst, src, label): self.jump_if("jne", dst, src, label)

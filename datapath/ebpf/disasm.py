@@ -279,6 +279,8 @@ def listing(insns, annotate: bool = True, raw: bool = False,
         notes = [insn.comment] if annotate and insn.comment else []
         if insn.ref is not None and insn.ref not in text:
             notes.append(f"map {insn.ref}")
+        if insn.group is not None:
+            notes.append(f"group {insn.group}: the node's bit, resolved at load")
         line += f"{text:<{width}}  # {'; '.join(notes)}" if notes else text
         out.append(line.rstrip())
     return out

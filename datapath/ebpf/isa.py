@@ -120,6 +120,11 @@ class Insn:
 
     `ref` names a map for pseudo map loads (src PSEUDO_MAP_FD / _VALUE): the
     loader (kernel or VM) resolves it into the fd it holds for that map.
+    `group` names a node-wide peer group (or named-port group) whose bit the
+    instruction tests: on a load, `off` is the base of the bitmap and the
+    loader adds the group's word offset; on a jump, the loader sets `imm` to
+    the group's bit within that word (datapath/groups.py). Like `ref`, it is
+    resolved per node at load and is not encoded.
     `comment` is the source annotation (the rule or feature that produced the
     instruction); it is not encoded.
     """
@@ -129,6 +134,7 @@ class Insn:
     off: int = 0
     imm: int = 0
     ref: str | None = dataclasses.field(default=None, compare=True)
+    group: str | None = dataclasses.field(default=None, compare=True)
     comment: str | None = dataclasses.field(default=None, compare=False)
 
     @property

@@ -56,7 +56,8 @@ PUSH_TIMEOUT = 10.0
 RETRY_FIRST, RETRY_MAX = 0.1, 1.0
 RECONCILE_SECONDS = 5.0
 # Keys of the push counters in Sync's answer, as the operator's metrics name them.
-PUSH_COUNTERS = {"applies": "applies", "map_updates": "map updates", "handed": "handed",
+PUSH_COUNTERS = {"applies": "applies", "map_updates": "map updates",
+                 "group_updates": "group updates", "handed": "handed",
                  "compiled": "compiled", "repairs": "repairs", "push_failures": "push failures"}
 
 

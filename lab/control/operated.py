@@ -162,7 +162,8 @@ def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | No
         if stable >= STABLE_ROUNDS:
             m = metrics(data)
             return {k: int(m.get(f"tailor_operator_{k}_total", m.get(f"tailor_operator_{k}", 0)))
-                    for k in ("applies", "map_updates", "handed", "compiled", "repairs", "push_failures")}
+                    for k in ("applies", "map_updates", "group_updates", "handed", "compiled", "repairs",
+                              "push_failures")}
         time.sleep(POLL_SECONDS)
     raise SyncError(f"not settled after {timeout:g}s: " + "; ".join(why[:10])
                     + (f" (+{len(why) - 10} more)" if len(why) > 10 else ""))

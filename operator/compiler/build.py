@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from tailor.operator.cluster.state import ClusterState
-from tailor.operator.compiler import program, resolve
+from tailor.operator.compiler import program, resolve, template
 from tailor.operator.compiler.spec import ProgramSpec
 
 
@@ -21,9 +21,10 @@ def build(state: ClusterState, *, progress=None) -> dict[str, Built]:
     `progress(done, total)` is called after each pod when given."""
     pods = [p for p in state.sorted_pods() if p.ips]
     out: dict[str, Built] = {}
+    templates, resolver = template.Templates(), resolve.Resolver(state)
     for i, pod in enumerate(pods, 1):
-        spec = resolve.resolve(state, pod)
-        out[pod.ref] = Built(spec, program.compile_pod(spec))
+        spec = resolver.resolve(pod)
+        out[pod.ref] = Built(spec, templates.compile(spec))
         if progress:
             progress(i, len(pods))
     return out

@@ -17,7 +17,9 @@ pod's specifics are all map data:
              isolated, BANP rules); default allow after the last
     peers4/6 hash: address -> u64 bitmap of selector peers
     cidr4/6  LPM trie: prefix -> u64 bitmap of ipBlock peers
-    nports4/6 as in specialised programs
+    nports4/6 (address, port, protocol) -> bitmap of the pod's named ports,
+             laid out as the node's ports4/6
+Every map is the pod's own: a generic datapath holds each pod's peers.
 Register plan as in `layout`, except r9 holds the peer bitmap value itself.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R5, R6, R7, R8, R9, R10
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
 from tailor.datapath import layout
-from tailor.operator.compiler import conntrack, forward, labels, mapdata, parse, rules
+from tailor.operator.compiler import conntrack, forward, labels, parse, rules
 from tailor.operator.compiler.program import CompileError, PodPrograms, Program
 from tailor.operator.compiler.spec import (ANY_PEER, EGRESS, INGRESS, Action, Cidr, Group, NamedPort,
                                            PortRange, ProgramSpec, TierKind)
@@ -65,9 +67,14 @@ def _peer_map(family: int) -> MapSpec:
                    layout.PEER_CAPACITY, F_NO_PREALLOC)
 
 
+def _named_port_map(family: int) -> MapSpec:
+    spec = layout.PORTS_MAPS[family]
+    return dataclasses.replace(spec, name=f"nports{family}")
+
+
 # Stack: the specialised frame, then the generic program's own slots.
-FRAME = layout.Frame.plan(1)
-LOOP_I = FRAME.zero - 8
+FRAME = layout.Frame.plan()
+LOOP_I = FRAME.end - 8
 SKIP_TO = LOOP_I - 8
 CFG_PTR = SKIP_TO - 8
 LPM_KEY = CFG_PTR - 24
@@ -90,8 +97,8 @@ def compile_generic(direction: str) -> Program:
     insns = b.assemble()
     specs = {s.name: s for s in (GCFG, GRULES, layout.STATS, *layout.NODE_MAPS.values(),
                                  _peer_map(4), _peer_map(6),
-                                 _cidr_map(4), _cidr_map(6), layout.named_port_map(4),
-                                 layout.named_port_map(6))}
+                                 _cidr_map(4), _cidr_map(6), _named_port_map(4),
+                                 _named_port_map(6))}
     features = frozenset({"ipv4", "ipv6", "conntrack", f"{direction}-policy", "anp", "banp",
                           "selectors", "ipblock", "ports", "named-ports", "generic"}
                          | ({"anti-spoof", "redirect"} if direction == EGRESS else set()))
@@ -99,11 +106,12 @@ def compile_generic(direction: str) -> Program:
                    features, b.jumps)
 
 
-def programs(spec: ProgramSpec):
-    """(PodPrograms, map entries) running `spec` on the generic programs."""
+def programs(spec: ProgramSpec, members):
+    """(PodPrograms, map entries) running `spec` on the generic programs;
+    `members(group id)` gives a group's members (operator.groups)."""
     ingress, egress = _cached(INGRESS), _cached(EGRESS)
     pod = PodPrograms(spec.pod, ingress, egress, tuple(sorted(ingress.features | egress.features)))
-    return pod, {d: entries(spec, d) for d in (INGRESS, EGRESS)}
+    return pod, {d: entries(spec, d, members) for d in (INGRESS, EGRESS)}
 
 
 _CACHE: dict[str, Program] = {}
@@ -158,7 +166,7 @@ def _family(b: Builder, family: int, direction: str) -> None:
         b.or64(R9, R1)
         b.label(labels.generic(family, "no_cidr"))
     with b.annotate("generic: named ports of the remote"):
-        rules.named_port_lookup(b, family, FRAME, remote)
+        rules.named_port_lookup(b, family, FRAME, remote, f"nports{family}")
     _rule_loop(b, family)
     b.label(labels.family_allow(family))
     _cfg(b, R1, 1, CFG_RECORD)
@@ -237,17 +245,22 @@ class _FlatRule:
     pass_to: int = 0
 
 
-def entries(spec: ProgramSpec, direction: str) -> dict[str, dict[bytes, bytes]]:
+def entries(spec: ProgramSpec, direction: str, members) -> dict[str, dict[bytes, bytes]]:
     """The generic program's maps for one pod and direction."""
     d = spec.direction(direction)
-    groups = sorted({p.index for r in d.rules for p in r.peers if isinstance(p, Group)})
+    groups = sorted({p.id for r in d.rules for p in r.peers if isinstance(p, Group)})
+    names = sorted({p for r in d.rules for p in r.ports or () if isinstance(p, NamedPort)})
+    if len(names) > 32:
+        raise CompileError(f"pod {spec.pod}: generic mode holds 32 named "
+                           f"ports per direction, {direction} rules have {len(names)}")
+    slot = {n: i for i, n in enumerate(names)}
     cidrs = sorted({p for r in d.rules for p in r.peers if isinstance(p, Cidr)})
     peer_id = {("g", g): i for i, g in enumerate(groups)}
     peer_id.update({("c", c): len(groups) + i for i, c in enumerate(cidrs)})
     if len(peer_id) > MAX_PEERS:
         raise CompileError(f"pod {spec.pod}: generic mode holds {MAX_PEERS} peers per direction, "
                            f"{direction} rules have {len(peer_id)}")
-    rules = _flatten(spec, d, peer_id)
+    rules = _flatten(spec, d, peer_id, slot)
     out: dict[str, dict[bytes, bytes]] = {
         "gcfg": {struct.pack("<I", 0): CFG.pack(
             ipaddress.ip_address(spec.ipv4 or "0.0.0.0").packed,
@@ -256,10 +269,12 @@ def entries(spec: ProgramSpec, direction: str) -> dict[str, dict[bytes, bytes]]:
             1 if spec.direction(conntrack.OPPOSITE[direction]).enforced else 0, len(rules))},
         "grules": {struct.pack("<I", i): _pack_rule(r) for i, r in enumerate(rules)},
     }
-    for members in spec.groups.get(direction, ()):
-        bit = 1 << peer_id[("g", members.index)]
-        for address in members.addresses:
+    for g in groups:
+        bit = 1 << peer_id[("g", g)]
+        for address in members(g):
             family = ipaddress.ip_address(address).version
+            if family not in spec.families:
+                continue
             key = layout.pack_addr(address)
             table = out.setdefault(f"peers{family}", {})
             old = struct.unpack("<Q", table.get(key, bytes(8)))[0]
@@ -269,13 +284,19 @@ def entries(spec: ProgramSpec, direction: str) -> dict[str, dict[bytes, bytes]]:
                             if ipaddress.ip_network(c.cidr).version == family])
         if lpm:
             out[f"cidr{family}"] = lpm
-    for name, table in mapdata.entries(spec)[direction].items():
-        if name.startswith("nports"):
-            out[name] = table
+    held: dict[bytes, set[int]] = {}
+    for n in names:
+        for address, port in members(n.id):
+            family = ipaddress.ip_address(address).version
+            if family in spec.families:
+                held.setdefault(layout.pack_named_port_key(address, port, n.protocol), set()).add(slot[n])
+    for key, bits in held.items():
+        family = 4 if len(key) == 8 else 6
+        out.setdefault(f"nports{family}", {})[key] = layout.pack_bitmap(bits, layout.PORT_WORDS)
     return out
 
 
-def _flatten(spec: ProgramSpec, d, peer_id) -> list[_FlatRule]:
+def _flatten(spec: ProgramSpec, d, peer_id, slot) -> list[_FlatRule]:
     """The tier ladder as one rule list; a rule with more ports than a table
     row holds becomes several rows (matching any of them is the same)."""
     rules: list[_FlatRule] = []
@@ -288,10 +309,10 @@ def _flatten(spec: ProgramSpec, d, peer_id) -> list[_FlatRule]:
         for rule in tier.rules:
             peers = rule.peers
             flags = (ANY_PEER_FLAG if ANY_PEER in peers else 0) | (ANY_PORT_FLAG if rule.ports is None else 0)
-            mask = sum(1 << peer_id[("g", p.index)] if isinstance(p, Group) else 1 << peer_id[("c", p)]
+            mask = sum(1 << peer_id[("g", p.id)] if isinstance(p, Group) else 1 << peer_id[("c", p)]
                        for p in peers if p is not ANY_PEER)
             ranges = tuple(p for p in rule.ports or () if isinstance(p, PortRange))
-            named = sum(1 << p.slot for p in rule.ports or () if isinstance(p, NamedPort))
+            named = sum(1 << slot[p] for p in rule.ports or () if isinstance(p, NamedPort))
             chunks = [ranges[i:i + PORTS_PER_RULE] for i in range(0, len(ranges), PORTS_PER_RULE)] or [()]
             for chunk in chunks:
                 if rule.action is Action.PASS:

@@ -18,10 +18,12 @@ emitted at all:
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import hashlib
 import ipaddress
+import struct
 
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R6, R9, R10
@@ -48,19 +50,134 @@ class Program:
     features: frozenset[str]
     jumps: int
 
-    @property
+    @functools.cached_property
     def instructions(self) -> int:
         return isa.slot_count(self.insns)
 
     @functools.cached_property
+    def encoded(self) -> bytes:
+        """The instructions as the wire carries them (map fds 0, group bits unresolved)."""
+        return isa.encode(self.insns)
+
+    @functools.cached_property
     def digest(self) -> str:
-        h = hashlib.sha256(isa.encode(self.insns))
+        return hashlib.sha256(self.encoded + _names(self.relocations, self.maps)).hexdigest()
+
+    @functools.cached_property
+    def relocations(self) -> tuple:
+        """(slot, map, pseudo, group) per map reference and group test."""
+        out, slot = [], 0
         for insn in self.insns:
-            if insn.ref:
-                h.update(insn.ref.encode())
-        for spec in self.maps:
-            h.update(repr(spec).encode())
-        return h.hexdigest()
+            if insn.ref is not None:
+                out.append((slot, insn.ref, insn.src, None))
+            if insn.group is not None:
+                out.append((slot, None, 0, insn.group))
+            slot += insn.slots
+        return tuple(out)
+
+    @functools.cached_property
+    def annotations(self) -> tuple[str, ...]:
+        """An annotation per instruction ("" if none)."""
+        renamed = self.__dict__.get("_renamed")
+        if renamed is not None:                   # an instance of a template
+            template, sources = renamed
+            return tuple(sources.get(a, a) for a in template.annotations)
+        return tuple(i.comment or "" for i in self.insns)
+
+    @property
+    def wire_parts(self) -> tuple[tuple, tuple[str, ...]]:
+        """What the wire carries besides the bytes."""
+        return self.relocations, self.annotations
+
+    @functools.cached_property
+    def slot_of(self) -> tuple[int, ...]:
+        out, slot = [], 0
+        for insn in self.insns:
+            out.append(slot)
+            slot += insn.slots
+        return tuple(out)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        return frozenset(g for _, _, _, g in self.relocations if g)
+
+    def instance(self, sites: dict[int, int], groups: dict[str, str],
+                 sources: dict[str, str]) -> "Program":
+        """This template with the immediates at `sites` ({instruction index:
+        imm}) replaced and its placeholder group ids and annotations renamed
+        (compiler/template.py). Bytes, relocations and hash are made by
+        patching this one's; the instructions only when read."""
+        code = bytearray(self.encoded)
+        slot_of = self.slot_of
+        for i, imm in sites.items():
+            struct.pack_into("<i", code, 8 * slot_of[i] + 4, imm - (1 << 32) if imm >= 1 << 31 else imm)
+        relocations = tuple((slot, ref, pseudo, groups.get(g, g) if g else g)
+                            for slot, ref, pseudo, g in self.relocations)
+        template = self
+
+        def materialise() -> tuple[isa.Insn, ...]:
+            out = []
+            for i, insn in enumerate(template.insns):
+                changes = {}
+                if i in sites:
+                    changes["imm"] = sites[i]
+                if insn.group is not None:
+                    changes["group"] = groups.get(insn.group, insn.group)
+                if insn.comment is not None and insn.comment in sources:
+                    changes["comment"] = sources[insn.comment]
+                out.append(dataclasses.replace(insn, **changes) if changes else insn)
+            return tuple(out)
+
+        out = Program(self.direction, LazyInsns(materialise, len(self.insns)), self.maps,
+                      self.features, self.jumps)
+        seeded = out.__dict__
+        seeded["encoded"] = bytes(code)
+        seeded["relocations"] = relocations
+        seeded["_renamed"] = (self, sources)        # annotations, made when read
+        seeded["instructions"] = self.instructions
+        seeded["digest"] = hashlib.sha256(seeded["encoded"] + _names(relocations, self.maps)).hexdigest()
+        return out
+
+
+def _names(relocations, maps) -> bytes:
+    """What the hash covers besides the bytes: the maps and groups the
+    instructions name, in order, and the maps' shapes."""
+    out = bytearray()
+    for _, ref, _, group in relocations:
+        if ref:
+            out += ref.encode()
+        if group:
+            out += b"group " + group.encode()
+    for spec in maps:
+        out += repr(spec).encode()
+    return bytes(out)
+
+
+class LazyInsns(collections.abc.Sequence):
+    """A templated program's instructions, made on first read."""
+
+    def __init__(self, make, length: int):
+        self._make, self._length, self._insns = make, length, None
+
+    def _all(self) -> tuple:
+        if self._insns is None:
+            self._insns = self._make()
+        return self._insns
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, LazyInsns)) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._all())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +190,12 @@ class PodPrograms:
     @property
     def instructions(self) -> int:
         return self.ingress.instructions + self.egress.instructions
+
+    @functools.cached_property
+    def groups(self) -> frozenset[str]:
+        """The node-wide groups the instructions test (a tier the compiler
+        left out names none)."""
+        return self.ingress.groups | self.egress.groups
 
     @functools.cached_property
     def hash(self) -> str:
@@ -115,25 +238,13 @@ def features_of(spec: ProgramSpec, direction: str) -> set[str]:
     return out
 
 
-def group_count(d: Direction) -> int:
-    return max((p.index + 1 for r in d.rules for p in r.peers if isinstance(p, Group)), default=0)
-
-
 def compile_direction(spec: ProgramSpec, direction: str) -> Program:
     d = spec.direction(direction)
     other = spec.direction(conntrack.OPPOSITE[direction])
     features = features_of(spec, direction)
-    groups = group_count(d)
-    words = layout.words_for(groups)
+    groups = "selectors" in features
     named = "named-ports" in features
-    if named and max(p.slot for r in d.rules for p in r.ports or () if isinstance(p, NamedPort)) \
-            >= layout.NAMED_PORT_SLOTS:
-        raise CompileError(f"pod {spec.pod}: more than {layout.NAMED_PORT_SLOTS} named ports "
-                           f"in {direction} rules")
-    if words > layout.MAX_GROUP_WORDS:
-        raise CompileError(f"pod {spec.pod}: {groups} peer groups in {direction} rules; "
-                           f"at most {32 * layout.MAX_GROUP_WORDS} fit the program's stack")
-    frame = layout.Frame.plan(words)
+    frame = layout.Frame.plan()
     maps: dict[str, MapSpec] = {}
 
     # Ports and protocol matter only to policy and connection tracking.
@@ -157,11 +268,9 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
             maps[layout.CT_MAPS[family].name] = layout.CT_MAPS[family]
             conntrack.reply_check(b, family, frame, direction, passed)
             if groups:
-                maps[f"peers{family}"] = layout.peer_map(family, words)
-                with b.annotate("peers: the remote address's selector groups"):
-                    _peer_lookup(b, family, frame, remote, words)
+                with b.annotate("peers: the remote address's groups on this node"):
+                    _peer_lookup(b, family, remote)
             if named:
-                maps[f"nports{family}"] = layout.named_port_map(family)
                 with b.annotate("named ports: which the remote pod exposes at this port"):
                     rules.named_port_lookup(b, family, frame, remote)
             rules.emit(b, d, family, remote=remote, np_bits=frame.np_bits)
@@ -199,14 +308,9 @@ def _anti_spoof(b: Builder, spec: ProgramSpec, family: int, frame: layout.Frame)
     b.label(ok)
 
 
-def _peer_lookup(b: Builder, family: int, frame: layout.Frame, remote: int, words: int) -> None:
-    found = labels.lookup_done(family, "peers")
-    b.map_lookup(f"peers{family}", remote)
-    b.jne(R0, 0, found)
-    for off in range(frame.zero, frame.zero + 4 * words, 8):
-        b.store(8, R10, off, 0)
-    b.mov64(R0, R10)
-    b.add64(R0, frame.zero)
-    b.label(found)
+def _peer_lookup(b: Builder, family: int, remote: int) -> None:
+    """r9 = the remote address's group bitmap in the node's identity map,
+    or 0: every group test checks r9 first, so an address in no group
+    costs one lookup and no stores."""
+    b.map_lookup(layout.IDS_MAPS[family].name, remote)
     b.mov64(R9, R0)
-

@@ -10,74 +10,69 @@ What goes where:
   NetworkPolicies isolating the pod, then the BANP) -> the program;
 - ipBlocks and ANP networks -> CIDR compares in the program (they do not
   change with pod churn);
-- selector peers (namespaces, pods, ANP nodes) -> a peer group: an index in
-  the program, its member addresses in a map;
+- selector peers (namespaces, pods, ANP nodes) -> a peer group
+  (operator/groups.py): its id in the program, its members node data;
 - named ports: for ingress the destination is the pod itself, so they
   resolve to numbers now; for egress the destination is the peer, so they
-  become named-port slots whose (address, port) pairs live in a map.
+  become named-port groups, whose (address, port) pairs are node data.
 """
 from __future__ import annotations
 
 import dataclasses
 
+from tailor.operator import groups
 from tailor.operator.cluster.adminpolicy import AdminPeer, AdminPolicy, AdminRule, PeerKind
 from tailor.operator.cluster.networkpolicy import NetworkPolicy, Peer as NpPeer
 from tailor.operator.cluster.objects import Pod
-from tailor.operator.cluster.ports import PROTOCOL_NAMES, PROTOCOL_NUMBERS, PROTOCOLS, PortMatch
+from tailor.operator.cluster.ports import PROTOCOL_NUMBERS, PROTOCOLS, PortMatch
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.compiler import spec as S
 from tailor.operator.policy import admin, netpol
-from tailor.operator.policy.endpoints import Endpoint
 
 
-@dataclasses.dataclass
 class _Direction:
-    """Accumulates one direction's peer groups and named-port slots, so that
-    equal selectors share one group and equal names one slot."""
-    pod: Pod
-    direction: str
-    groups: dict[object, int] = dataclasses.field(default_factory=dict)
-    members: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    slots: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
-    memo: dict | None = None      # identity -> members, shared by pods resolved in one state
+    """One direction's resolution: the group definitions its rules name."""
 
-    def group(self, identity, addresses) -> S.Group:
-        if identity not in self.groups:
-            index = len(self.groups)
-            self.groups[identity] = index
-            if self.memo is None:
-                self.members[index] = tuple(addresses())
-            else:
-                if identity not in self.memo:
-                    self.memo[identity] = tuple(addresses())
-                self.members[index] = self.memo[identity]
-        return S.Group(self.groups[identity])
+    def __init__(self, pod: Pod, direction: str):
+        self.pod, self.direction = pod, direction
+        self.definitions: dict[str, groups.Definition] = {}
 
-    def slot(self, protocol: int, name: str) -> S.NamedPort:
-        key = (protocol, name)
-        if key not in self.slots:
-            self.slots[key] = len(self.slots)
-        return S.NamedPort(protocol, name, self.slots[key])
+    def group(self, definition: groups.Definition):
+        gid = definition.id
+        self.definitions.setdefault(gid, definition)
+        return S.NamedPort(definition.protocol, definition.name) if isinstance(
+            definition, groups.PortGroup) else S.Group(gid)
 
 
-def resolve(state: ClusterState, pod: Pod, *, mac: bytes = b"\0" * 6, ifindex: int = 0,
-            memo: dict | None = None) -> S.ProgramSpec:
-    """The pod's spec. `memo` (a dict the caller keeps while `state` does not
-    change) shares peer-group members between pods resolved one after another:
-    a selector's members are the same for every pod that names it."""
-    built = {}
+class Resolver:
+    """resolve() for many pods of one state that does not change meanwhile
+    (a full plan): pods alike in everything resolution reads — namespace,
+    labels, declared ports, families — share one resolution, and each gets
+    it under its own name and addresses."""
+
+    def __init__(self, state: ClusterState):
+        self.state = state
+        self._memo: dict[tuple, S.ProgramSpec] = {}
+
+    def resolve(self, pod: Pod) -> S.ProgramSpec:
+        key = (pod.namespace, frozenset(pod.labels.items()), pod.ports, pod.families)
+        spec = self._memo.get(key)
+        if spec is None:
+            spec = self._memo[key] = resolve(self.state, pod)
+            return spec
+        return dataclasses.replace(spec, pod=pod.ref, ipv4=pod.ip(4), ipv6=pod.ip(6))
+
+
+def resolve(state: ClusterState, pod: Pod, *, mac: bytes = b"\0" * 6, ifindex: int = 0) -> S.ProgramSpec:
+    """The pod's spec. Reads no group's members: those are node data
+    (operator.groups.Memberships keeps them)."""
+    built, definitions = {}, {}
     for direction in S.DIRECTIONS:
-        acc = _Direction(pod, direction, memo=memo)
-        tiers = _tiers(state, pod, acc)
-        built[direction] = (S.Direction(tuple(tiers)), acc)
-    groups = {d: tuple(S.GroupMembers(i, addrs) for i, addrs in sorted(acc.members.items()))
-              for d, (_, acc) in built.items()}
-    named = {d: tuple(S.NamedPortMembers(slot, proto, _named_endpoints(state, proto, name))
-                      for (proto, name), slot in sorted(acc.slots.items(), key=lambda kv: kv[1]))
-             for d, (_, acc) in built.items()}
+        acc = _Direction(pod, direction)
+        built[direction] = S.Direction(tuple(_tiers(state, pod, acc)))
+        definitions.update(acc.definitions)
     return S.ProgramSpec(pod.ref, pod.ip(4), pod.ip(6), mac, ifindex,
-                         ingress=built[S.INGRESS][0], egress=built[S.EGRESS][0],
-                         groups=groups, named_ports=named)
+                         ingress=built[S.INGRESS], egress=built[S.EGRESS], definitions=definitions)
 
 
 def _tiers(state: ClusterState, pod: Pod, acc: _Direction) -> list[S.Tier]:
@@ -110,11 +105,9 @@ def _np_rules(state: ClusterState, policy: NetworkPolicy, acc: _Direction) -> li
 def _np_peer(state: ClusterState, policy: NetworkPolicy, peer: NpPeer, acc: _Direction):
     if peer.ip_block is not None:
         return S.Cidr(str(peer.ip_block.cidr), tuple(str(e) for e in peer.ip_block.except_))
-    # A podSelector alone means the policy's own namespace: part of the identity.
+    # A podSelector alone means the policy's own namespace.
     namespace = policy.namespace if peer.namespace_selector is None else None
-    identity = ("np", namespace, peer.namespace_selector, peer.pod_selector)
-    return acc.group(identity, lambda: _pod_addresses(
-        state, lambda end: netpol.peer_matches(state, policy.namespace, peer, end)))
+    return acc.group(groups.PodGroup(namespace, peer.namespace_selector, peer.pod_selector))
 
 
 # --- AdminNetworkPolicy / BaselineAdminNetworkPolicy ----------------------------
@@ -133,25 +126,11 @@ def _admin_peers(state: ClusterState, peer: AdminPeer, acc: _Direction):
     if peer.kind is PeerKind.NETWORKS:
         return [S.Cidr(str(net)) for net in peer.networks]
     if peer.kind is PeerKind.NODES:
-        identity = (PeerKind.NODES, peer.node_selector)
-        return [acc.group(identity, lambda: sorted(
-            ip for node in state.nodes.values() if peer.node_selector.matches(node.labels)
-            for ip in node.ips))]
-    identity = ("admin", peer.kind, peer.namespace_selector, peer.pod_selector)
-    return [acc.group(identity, lambda: _pod_addresses(
-        state, lambda end: admin.peer_matches(state, peer, end)))]
+        return [acc.group(groups.NodeGroup(peer.node_selector))]
+    return [acc.group(groups.PodGroup(None, peer.namespace_selector, peer.pod_selector))]
 
 
 # --- shared -------------------------------------------------------------------------
-def _pod_addresses(state: ClusterState, matches) -> list[str]:
-    """Every address of every pod the peer selects (membership, map data)."""
-    out = []
-    for pod in state.sorted_pods():
-        if pod.ips and matches(Endpoint(pod.ips[0], pod)):
-            out.extend(pod.ips)
-    return sorted(out)
-
-
 def _ports(matches: tuple[PortMatch, ...] | None, acc: _Direction):
     """None: every port and protocol. Otherwise PortRanges and, for egress
     named ports, NamedPort slots; an empty tuple matches nothing."""
@@ -166,16 +145,5 @@ def _ports(matches: tuple[PortMatch, ...] | None, acc: _Direction):
             out.extend(S.PortRange(PROTOCOL_NUMBERS[p], lo, hi) for p, lo, hi in m.resolve(acc.pod.ports))
         else:
             for protocol in ([m.protocol] if m.protocol else PROTOCOLS):
-                out.append(acc.slot(PROTOCOL_NUMBERS[protocol], m.name))
+                out.append(acc.group(groups.PortGroup(PROTOCOL_NUMBERS[protocol], m.name)))
     return tuple(sorted(set(out), key=lambda p: (type(p).__name__, p)))
-
-
-def _named_endpoints(state: ClusterState, protocol: int, name: str) -> tuple[tuple[str, int], ...]:
-    proto = PROTOCOL_NAMES[protocol]
-    out = set()
-    for pod in state.sorted_pods():
-        for cp in pod.ports:
-            if cp.name == name and cp.protocol == proto:
-                out.update((ip, cp.port) for ip in pod.ips)
-    return tuple(sorted(out))
-

@@ -3,10 +3,10 @@ ANP -> NetworkPolicy -> BANP -> default allow, each rule as peer compares
 then port compares. Called by `compiler.program`.
 
 Expects the register plan of `layout`: r7 protocol, r8 destination port,
-r9 the remote address's peer-group bitmap. Every rule becomes straight-line
-compares: a rule naming two ports costs two port compares (and one protocol
-compare), a /24 ipBlock two instructions, a selector peer one load and one
-bit test. Nothing is looked up that the rules do not use.
+r9 the remote address's group bitmap in the node's identity map (or 0).
+Every rule becomes straight-line compares: a rule naming two ports costs two
+port compares (and one protocol compare), a /24 ipBlock two instructions, a
+selector peer a null check, one load and one bit test. Nothing is looked up that the rules do not use.
 """
 from __future__ import annotations
 
@@ -58,8 +58,11 @@ def _rule(b: Builder, rule: Rule, family: int, ti: int, ri: int, target: str,
         for pi, peer in enumerate(peers):
             miss = labels.alternative(family, ti, ri, "peer", pi)
             if isinstance(peer, Group):
-                b.load(4, R1, R9, 4 * (peer.index // 32))
-                b.jump_if("jset", R1, 1 << (peer.index % 32), ports_label, wide=False)
+                # The node numbers its groups: the loader fills in the
+                # word offset and the bit (isa.Insn.group).
+                b.jeq(R9, 0, miss)
+                b.load(4, R1, R9, 0, group=peer.id)
+                b.jump_if("jset", R1, 1, ports_label, wide=False, group=peer.id)
             else:
                 _cidr(b, peer, remote, miss, ports_label,
                       lambda ei: labels.alternative(family, ti, ri, f"peer{pi}_except", ei))
@@ -92,8 +95,8 @@ def _ports(b: Builder, ports, family: int, ti: int, ri: int, target: str, np_bit
                     b.jle(R8, port.hi, target)
                     b.label(miss)
             else:
-                b.load(4, R1, R10, np_bits)
-                b.jump_if("jset", R1, 1 << port.slot, target, wide=False)
+                b.load(4, R1, R10, np_bits, group=port.id)
+                b.jump_if("jset", R1, 1, target, wide=False, group=port.id)
         b.label(other)
 
 
@@ -133,9 +136,11 @@ def _cidr(b: Builder, peer: Cidr, remote: int, miss: str, hit: str, except_label
     b.jump(hit)
 
 
-def named_port_lookup(b: Builder, family: int, frame: layout.Frame, remote: int) -> None:
-    """np_bits = the named-port slots the remote pod exposes at this packet's
-    (port, protocol): one lookup, whatever the number of named ports."""
+def named_port_lookup(b: Builder, family: int, frame: layout.Frame, remote: int,
+                      map_name: str | None = None) -> None:
+    """np_bits = the node's named ports the remote pod exposes at this
+    packet's (port, protocol): one lookup, whatever the number of names.
+    `map_name`: another map of the same layout (the generic program's own)."""
     f = layout.key_fields(family)
     a = layout.addr_len(family)
     found = labels.lookup_found(family, "nports")
@@ -148,11 +153,12 @@ def named_port_lookup(b: Builder, family: int, frame: layout.Frame, remote: int)
     b.load(1, R1, R10, frame.key + f["proto"])
     b.store(1, R10, frame.np_key + a + 2, R1)
     b.store(1, R10, frame.np_key + a + 3, 0)
-    b.map_lookup(f"nports{family}", frame.np_key)
+    b.map_lookup(map_name or layout.PORTS_MAPS[family].name, frame.np_key)
     b.jne(R0, 0, found)
-    b.store(4, R10, frame.np_bits, 0)
+    b.store(8, R10, frame.np_bits, 0)
     b.jump(done)
     b.label(found)
-    b.load(4, R1, R0, 0)
-    b.store(4, R10, frame.np_bits, R1)
+    for w in range(layout.PORT_WORDS):
+        b.load(4, R1, R0, 4 * w)
+        b.store(4, R10, frame.np_bits + 4 * w, R1)
     b.label(done)

@@ -2,21 +2,22 @@
 nothing it does not. Pure data.
 
 Built by `compiler.resolve` from the cluster state and the policy semantics;
-read by `compiler.program` (the program's logic and constants) and
-`compiler.mapdata` (the contents of the pod's maps).
+read by `compiler.program` (the program's logic and constants).
 
-A spec splits into two parts on purpose:
-- the *shape* (families, constants, tiers, rules, ports, CIDRs, peer-group
-  ids) decides the program's bytes and hash;
-- the *membership* (which addresses belong to each peer group, which peers
-  expose which named port) is map contents. Pods that come and go among a
-  pod's peers change membership only, so they update maps, never programs.
+A spec holds the *shape* (families, own addresses, tiers, rules, ports,
+CIDRs, the ids of the peer groups and named ports its rules test), which
+decides the program's bytes and hash. Who belongs to a group is not in it:
+membership is node data (operator/groups.py, datapath/groups.py), so pods
+that come and go among a pod's peers never change its program. The spec
+carries the definitions of the groups it names, for whoever keeps their
+members.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 
+from tailor.datapath.groups import port_group
 from tailor.datapath.layout import DIRECTIONS, EGRESS, INGRESS  # noqa: F401 - the compiler's names for them
 
 
@@ -47,11 +48,14 @@ class PortRange:
 @dataclasses.dataclass(frozen=True, order=True)
 class NamedPort:
     """A named destination port whose number depends on the *peer* (egress
-    rules: the destination pod's containerPort of that name). `slot` is its
-    bit in the pod's named-port map values."""
+    rules: the destination pod's containerPort of that name): a node-wide
+    named-port group."""
     protocol: int
     name: str
-    slot: int
+
+    @property
+    def id(self) -> str:
+        return port_group(self.protocol, self.name)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -64,9 +68,9 @@ class Cidr:
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Group:
-    """A set of pod addresses chosen by selectors; `index` is its bit in the
-    pod's peer map values. Membership lives in the map, not the program."""
-    index: int
+    """A set of addresses chosen by selectors, by its node-wide id
+    (operator/groups.py). Membership lives in the node's identity map."""
+    id: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,22 +116,6 @@ class Direction:
 
 
 @dataclasses.dataclass(frozen=True)
-class GroupMembers:
-    """Membership of one peer group, per address family (map contents)."""
-    index: int
-    addresses: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class NamedPortMembers:
-    """For a named-port slot: which peer addresses expose the name, and at
-    which port number (map contents)."""
-    slot: int
-    protocol: int
-    endpoints: tuple[tuple[str, int], ...]    # (address, port)
-
-
-@dataclasses.dataclass(frozen=True)
 class ProgramSpec:
     pod: str                                 # "ns/name[Kind]"
     ipv4: str | None
@@ -136,13 +124,17 @@ class ProgramSpec:
     ifindex: int = 0                         # host-side interface; 0 until wired
     ingress: Direction = Direction()
     egress: Direction = Direction()
-    # Map contents: keyed by direction.
-    groups: dict[str, tuple[GroupMembers, ...]] = dataclasses.field(default_factory=dict, compare=False)
-    named_ports: dict[str, tuple[NamedPortMembers, ...]] = dataclasses.field(
-        default_factory=dict, compare=False)
+    # What the group ids its rules name stand for ({id: operator.groups
+    # definition}): not part of the shape, the ids are.
+    definitions: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def direction(self, name: str) -> Direction:
         return self.ingress if name == INGRESS else self.egress
+
+    def group_ids(self) -> set[str]:
+        """Every peer group and named port its rules test."""
+        return {p.id for d in (self.ingress, self.egress) for r in d.rules
+                for p in (*r.peers, *(r.ports or ())) if isinstance(p, (Group, NamedPort))}
 
     @property
     def families(self) -> tuple[int, ...]:

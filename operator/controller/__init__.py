@@ -11,7 +11,7 @@ Modules, from the API to the agents:
     engine       the shared state behind one lock: model, desired, pending, reports, hand-offs
     views        what each PodProgram says (one View per pod), held by the engine
     source       ProgramSource.ProgramFor: the CNI hand-off (gRPC server)
-    pusher       thread: pending pods -> Apply / UpdateMaps / Remove
+    pusher       thread: pending pods -> Apply / UpdateMaps / Remove, changed groups -> UpdateGroups
     reconcile    thread: List each agent, repair drift, remove orphans
     resync       task: list the API, drop deletions a dropped watch missed
     agents       node -> agent address -> gRPC stub

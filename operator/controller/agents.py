@@ -68,7 +68,11 @@ def request_for(work: engine_.Work):
     if work.rpc == engine_.APPLY:
         push = work.push
         return pb.ApplyRequest(program=wire.to_proto(work.namespace, work.name, work.uid,
-                                                     push.programs, push.entries, work.addresses))
+                                                     push.programs, push.entries, work.addresses,
+                                                     push.groups))
+    if work.rpc == engine_.UPDATE_GROUPS:
+        return pb.UpdateGroupsRequest(groups=wire.group_changes_to_proto(work.push.groups),
+                                      full=work.push.full)
     if work.rpc == engine_.UPDATE_MAPS:
         return pb.UpdateMapsRequest(pod=ref, maps=wire.map_contents(work.maps))
     return pb.RemoveRequest(pod=ref)

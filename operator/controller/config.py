@@ -35,7 +35,7 @@ class Config:
     watch_inactivity_timeout: float = 600.0
     request_timeout: float = 30.0
     # Pushing and repairing.
-    push_timeout: float = 10.0           # one Apply/UpdateMaps/Remove RPC
+    push_timeout: float = 10.0           # one Apply/UpdateMaps/UpdateGroups/Remove RPC
     push_chunk: int = 32                 # pods planned (compiled) per lock hold
     push_coalesce: float = 0.0           # wait after work appears, to plan a burst at once
     retry_first: float = 0.2             # backoff after a failed push, doubling...

@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from tailor.operator import desired
-from tailor.operator.compiler import mapdata, program, resolve
+from tailor.operator.compiler import program, resolve
 from tailor.operator.controller import events, views
 
 # An agent's report speaks a PodProgram's states (agents.py maps them).
 PENDING, LOADED, FAILED = views.PENDING, views.LOADED, views.FAILED
-APPLY, UPDATE_MAPS, REMOVE = "Apply", "UpdateMaps", "Remove"
+APPLY, UPDATE_MAPS, REMOVE, UPDATE_GROUPS = "Apply", "UpdateMaps", "Remove", "UpdateGroups"
 REMOVE_ATTEMPTS = 10     # a Remove for an agent that never answers is dropped after this
 # A pod handed out at CNI ADD that its agent does not list yet is still being
 # attached (the ADD fails on its own if not, and the runtime retries it):
@@ -58,7 +58,7 @@ class Report:
 @dataclasses.dataclass(frozen=True)
 class Work:
     """One RPC for the pusher to send: `rpc` to the agent of `node`."""
-    rpc: str                              # Apply, UpdateMaps, Remove
+    rpc: str                              # Apply, UpdateMaps, Remove, UpdateGroups
     push: desired.Push
     namespace: str
     name: str
@@ -76,6 +76,10 @@ class Work:
         return self.push.pod
 
 
+# A pending entry that plans a node's groups, not a pod.
+_GROUPS_OF = "groups-of:"
+
+
 def _key(ref: str) -> str:
     """ns/name[Kind] -> ns/name (the agent's key)."""
     return ref.split("[", 1)[0]
@@ -90,7 +94,11 @@ class Engine:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self.world = events.World()
-        self.desired = desired.Desired()
+        self.desired = desired.Desired(self.world.memberships)
+        self._groups: set[str] = set()                       # groups whose members changed
+        self._groups_planned_at: dict[str, float] = {}       # node -> when its groups last changed
+        # Group changes sent to a node and not answered yet: its List may miss them.
+        self._groups_in_flight: collections.Counter = collections.Counter()
         self.synced = False
         self.stopped = False
         self.retry_first, self.retry_max, self.clock = retry_first, retry_max, clock
@@ -145,6 +153,9 @@ class Engine:
                 self._pending |= outcome.affected
                 self._drop_views(outcome.affected)
                 self._wake.notify_all()
+            if outcome.groups:
+                self._groups |= outcome.groups
+                self._wake.notify_all()
             for node in outcome.agents:
                 # A new agent address: retry its pods now, and check what it holds.
                 waiting = self.world.pods_on(node) & set(self._retry)
@@ -179,22 +190,25 @@ class Engine:
 
     def program_for(self, namespace: str, name: str, uid: str, node: str, addresses):
         """A pod's agent asks during CNI ADD: record the addresses, compile,
-        remember the program as given. Returns (pod, uid, programs, entries).
+        remember the program as given. Returns (pod, uid, programs, entries,
+        the members of the groups it tests, to send along).
         Raises NotReady, LookupError (pod unknown yet), ValueError (wrong
         node, bad address) or program.CompileError."""
         with self._lock:
             if not self.synced:
                 raise NotReady("the operator has not finished its initial listing")
-            pod, touched = self.world.wire(namespace, name, uid, node, addresses)
+            pod, touched, moved = self.world.wire(namespace, name, uid, node, addresses)
             uid = self.world.uids.get(pod.ref) or uid
             spec = resolve.resolve(self.world.state, pod)
             try:
-                programs = program.compile_pod(spec)
+                programs = self.desired.templates.compile(spec)
             except program.CompileError as e:
                 self.views.set(pod, uid, state=FAILED, message=f"cannot compile: {e}")
                 raise
-            entries = mapdata.entries(spec)
-            self.desired.given(pod.ref, node, programs, entries, spec)
+            entries: dict = {}
+            groups = self.desired.given(pod.ref, node, programs, entries, spec, self.world.memberships)
+            self._groups |= moved
+            self._groups_planned_at[node] = self.clock()
             self._pending.discard(pod.ref)
             self._retry.pop(pod.ref, None)
             self._sent_at[pod.ref] = self.clock()
@@ -206,7 +220,7 @@ class Engine:
             self.views.set(pod, uid, programs=programs, state=PENDING,
                            message=f"handed to the agent on node {node} at CNI ADD")
             self._wake.notify_all()
-            return pod, uid, programs, entries
+            return pod, uid, programs, entries, groups
 
     # -- the pusher --------------------------------------------------------------------
 
@@ -224,7 +238,7 @@ class Engine:
                     return None
                 now = self.clock()
                 due = [r for r, (_, at) in self._retry.items() if at <= now]
-                if self.synced and (self._pending or due):
+                if self.synced and (self._pending or due or self._groups):
                     break
                 if deadline is not None and now >= deadline:
                     return []
@@ -253,8 +267,17 @@ class Engine:
         state = self.world.state
         works = []
         now = self.clock()
-        for push in self.desired.plan(state, refs):
+        changed, self._groups = self._groups, set()
+        for push in self.desired.plan(state, [r for r in refs if not r.startswith(_GROUPS_OF)], changed):
             self.counters["planned"] += 1
+            if push.action == desired.GROUPS:
+                self._groups_planned_at[push.node] = now
+                self._groups_in_flight[push.node] += 1
+                works.append(Work(UPDATE_GROUPS, push, "", "", "", planned_at=now))
+                continue
+            if push.groups:
+                self._groups_planned_at[push.node] = now
+                self._groups_in_flight[push.node] += 1
             if push.action == desired.REMOVE:
                 namespace, name = _key(push.pod).split("/", 1)
                 works.append(Work(REMOVE, push, namespace, name, self._uids.get(push.pod, ""), planned_at=now))
@@ -290,6 +313,14 @@ class Engine:
     def done(self, work: Work, status: Report | None = None) -> None:
         """The agent has `work` (status: what Apply answered)."""
         with self._lock:
+            if work.rpc == UPDATE_GROUPS or work.push.groups:
+                # Until now a List could miss these members: compare only Lists asked later.
+                self._groups_planned_at[work.node] = self.clock()
+                self._groups_in_flight[work.node] -= 1
+            if work.rpc == UPDATE_GROUPS:
+                self.counters["group updates"] += 1
+                self._retry.pop(_GROUPS_OF + str(work.node), None)
+                return
             if work.rpc != REMOVE and self._handed_at.get(work.pod, -1.0) > work.planned_at:
                 # Handed out at a CNI ADD after this was planned: the agent
                 # holds one of the two, not surely the newer. Send it whole again.
@@ -320,6 +351,18 @@ class Engine:
         """Sending `work` failed: plan the pod again after a backoff."""
         with self._lock:
             self.counters["push failures"] += 1
+            if work.rpc == UPDATE_GROUPS or work.push.groups:
+                # The node may lack members it was planned to hold: all of them again.
+                self._groups_in_flight[work.node] -= 1
+                self._groups_planned_at[work.node] = self.clock()
+                self.desired.forget_node(work.node)
+                key = _GROUPS_OF + str(work.node)
+                failures, _ = self._retry.get(key, (0, 0.0))
+                self._retry[key] = (failures + 1, self.clock() + min(self.retry_first * 2 ** failures,
+                                                                       self.retry_max))
+                self._wake.notify_all()
+                if work.rpc == UPDATE_GROUPS:
+                    return
             failures, _ = self._retry.get(work.pod, (0, 0.0))
             if work.rpc == UPDATE_MAPS and code == "NOT_FOUND":
                 # The agent does not know the pod (it restarted): send it whole.
@@ -342,15 +385,24 @@ class Engine:
 
     # -- the reconcile loop ------------------------------------------------------------
 
-    def reported(self, node: str, pods: Iterable[tuple[str, Report]], asked_at: float) -> list[Work]:
+    def reported(self, node: str, pods: Iterable[tuple[str, Report]], asked_at: float,
+                 groups_digest: str | None = None) -> list[Work]:
         """An agent's List (asked at `asked_at`): repair what drifted. A pod
         the agent lacks or holds at another hash is sent again whole; a pod
-        the operator does not know at all is removed (returned)."""
+        the operator does not know at all is removed (returned); group
+        members that differ from what was planned are all sent again."""
         with self._lock:
             held = dict(pods)
             self._reports[node] = held
             if not self.synced:
                 return []
+            if groups_digest is not None and self._groups_planned_at.get(node, -1.0) <= asked_at \
+                    and self._groups_in_flight[node] <= 0 \
+                    and groups_digest != self.desired.groups_digest(node):
+                self.desired.forget_node(node)
+                self._groups_planned_at[node] = self.clock()
+                self._pending.add(_GROUPS_OF + node)
+                self.counters["group repairs"] += 1
             for ref, want in self.desired.sent_to(node).items():
                 if self._sent_at.get(ref, 0.0) > asked_at:
                     continue                       # sent after the List was asked: not in it
@@ -460,7 +512,7 @@ class Engine:
         """Nothing pending, nothing waiting for a retry (tests, probes)."""
         with self._lock:
             return (self.synced and not self._pending and not self._retry and not self._busy
-                    and not self._reports_wanted)
+                    and not self._reports_wanted and not self._groups)
 
     def summary(self) -> dict:
         with self._lock:

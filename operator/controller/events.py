@@ -25,7 +25,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from tailor.operator import affected, selectors
+from tailor.operator import affected, groups, selectors
 from tailor.operator.cluster import adminpolicy, manifests, networkpolicy, pods
 from tailor.operator.cluster.objects import Node, Pod
 from tailor.operator.cluster.state import ClusterState
@@ -59,6 +59,7 @@ FINISHED_PHASES = ("Succeeded", "Failed")
 class Outcome:
     """What one event did to the model."""
     affected: set[str] = dataclasses.field(default_factory=set)   # pod refs to plan again
+    groups: set[str] = dataclasses.field(default_factory=set)     # groups whose members changed
     error: str | None = None             # the object was refused: why (nothing changed)
     agents: set[str] = dataclasses.field(default_factory=set)     # nodes whose agent address changed
 
@@ -120,6 +121,8 @@ class World:
 
     def __init__(self) -> None:
         self.state = ClusterState()
+        # Members of the peer groups programs test, kept as the state changes.
+        self.memberships = groups.Memberships(self.state)
         self.uids: dict[str, str] = {}                           # pod ref -> uid
         self._agent_pods: dict[tuple[str, str], tuple[str, str]] = {}   # (ns, name) -> (node, address)
         self._annotated: dict[str, str] = {}                      # node -> address (annotation)
@@ -177,6 +180,7 @@ class World:
             self.state.delete(POD, namespace, name)
             self.uids.pop(old.ref, None)
             out.affected = affected.by_pod(self.state, old, None)
+            out.groups = self.memberships.pod_changed(old, None)
             return out
         pod, _families = pods.from_manifest(body, namespace, name)
         uid = (body.get("metadata") or {}).get("uid") or ""
@@ -185,11 +189,13 @@ class World:
             self.state.delete(POD, namespace, name)
             self.uids.pop(old.ref, None)
             out.affected |= affected.by_pod(self.state, old, None)
+            out.groups |= self.memberships.pod_changed(old, None)
             old = None
         new = self.state.add_pod(pod, allocate=False)
         self.uids[new.ref] = uid
         if new != old:
             out.affected |= affected.by_pod(self.state, old, new)
+            out.groups |= self.memberships.pod_changed(old, new)
         return out
 
     def _agent_pod(self, namespace: str, name: str, body: Mapping, gone: bool) -> set[str]:
@@ -213,13 +219,17 @@ class World:
                 return Outcome()
             for pod in members:
                 self.uids.pop(pod.ref, None)
-            return Outcome(affected.union(*(affected.by_pod(self.state, p, None) for p in members)))
+            return Outcome(affected.union(*(affected.by_pod(self.state, p, None) for p in members)),
+                           groups=set().union(*(self.memberships.pod_changed(p, None) for p in members)))
         labels = selectors.parse_labels((body.get("metadata") or {}).get("labels"), "metadata.labels")
         self._namespaces.add(name)
         old = self.state.namespace_labels(name)
         self.state.add_namespace(name, labels)
         new = self.state.namespace_labels(name)
-        return Outcome(affected.by_namespace(self.state, name, old, new) if new != old else set())
+        if new == old:
+            return Outcome()
+        return Outcome(affected.by_namespace(self.state, name, old, new),
+                       groups=self.memberships.namespace_changed(name))
 
     def _node(self, name: str, body: Mapping, gone: bool) -> Outcome:
         out = Outcome()
@@ -235,6 +245,7 @@ class World:
             if old is not None:
                 self.state.delete(NODE, None, name)
                 out.affected = affected.by_node(self.state, old, None)
+                out.groups = self.memberships.nodes_changed(old, None)
             return out
         meta = body.get("metadata") or {}
         labels = selectors.parse_labels(meta.get("labels"), "metadata.labels")
@@ -245,6 +256,7 @@ class World:
         if new != old:
             self.state.add_node(new)
             out.affected = affected.by_node(self.state, old, new)
+            out.groups = self.memberships.nodes_changed(old, new)
         return out
 
     def _network_policy(self, namespace: str, name: str, body: Mapping, gone: bool) -> Outcome:
@@ -302,9 +314,10 @@ class World:
     # -- the CNI hand-off --------------------------------------------------------------
 
     def wire(self, namespace: str, name: str, uid: str, node: str,
-             addresses: Iterable[str]) -> tuple[Pod, set[str]]:
+             addresses: Iterable[str]) -> tuple[Pod, set[str], set[str]]:
         """A pod's CNI ADD on `node` gave it `addresses`: record them. Returns
-        the pod and the other pods the new addresses affect. Raises
+        the pod, the other pods the new addresses affect and the groups
+        whose members they changed. Raises
         LookupError when the pod (of that uid) is not known yet, ValueError
         when it runs elsewhere or an address is malformed."""
         old = self.state.pods.get((namespace, name, POD))
@@ -320,7 +333,10 @@ class World:
         if not ips:
             raise ValueError(f"pod {namespace}/{name}: the CNI gave no address")
         new = self.state.add_pod(dataclasses.replace(old, node=node, ips=ips), allocate=False)
-        return new, (affected.by_pod(self.state, old, new) - {new.ref}) if new != old else set()
+        if new == old:
+            return new, set(), set()
+        return (new, affected.by_pod(self.state, old, new) - {new.ref},
+                self.memberships.pod_changed(old, new))
 
     # -- lookups -----------------------------------------------------------------------
 

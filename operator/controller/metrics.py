@@ -1,6 +1,6 @@
 """The operator's Prometheus metrics (`--metrics-port`), read at scrape time
 from the engine's counters and state: pods known, pending and retrying
-pushes, Apply / UpdateMaps / Remove sent, hand-offs at CNI ADD, programs
+pushes, Apply / UpdateMaps / UpdateGroups / Remove sent, hand-offs at CNI ADD, programs
 compiled, adopted after a restart, drift repaired, push failures, missed
 deletions, and PodPrograms by state.
 
@@ -16,6 +16,8 @@ COUNTERS = {
     "applies": "Apply RPCs that reached an agent",
     "map updates": "UpdateMaps RPCs that reached an agent",
     "removes": "Remove RPCs that reached an agent",
+    "group updates": "UpdateGroups RPCs that reached an agent (peer churn)",
+    "group repairs": "nodes sent all their groups again (their members differed)",
     "handed": "programs handed out at CNI ADD (ProgramFor)",
     "compiled": "programs compiled by the pusher",
     "adopted": "programs an agent already held (no reload)",

@@ -59,7 +59,14 @@ class Pusher:
                 threading.Event().wait(1.0)
 
     def send(self, works: list[engine_.Work]) -> None:
-        """Send one round; every outcome goes back to the engine."""
+        """Send one round; every outcome goes back to the engine. Group
+        changes go last: a group a program stops testing is dropped only
+        after the program that tested it was replaced (the groups a new
+        program tests travel in its Apply)."""
+        self._send([w for w in works if w.rpc != engine_.UPDATE_GROUPS])
+        self._send([w for w in works if w.rpc == engine_.UPDATE_GROUPS])
+
+    def _send(self, works: list[engine_.Work]) -> None:
         flying = []
         for work in works:
             if work.rpc == engine_.UPDATE_MAPS and not work.maps:

@@ -82,7 +82,7 @@ class Reconciler:
                 log.info("List on node %s: %s: %s", node, e.code().name, e.details())
                 continue
             held = [(f"{s.pod.namespace}/{s.pod.name}", report_of(s)) for s in answer.pods]
-            for work in self.engine.reported(node, held, at):
+            for work in self.engine.reported(node, held, at, answer.groups_digest):
                 try:
                     stub.Remove(request_for(work), timeout=self.timeout)
                     log.info("removed %s from node %s: the cluster has no such pod", work.pod, node)

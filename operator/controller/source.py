@@ -53,7 +53,7 @@ class ProgramSource(pb_grpc.ProgramSourceServicer):
         ref = request.pod
         what = f"{ref.namespace}/{ref.name}"
         try:
-            pod, uid, programs, entries = self.engine.program_for(
+            pod, uid, programs, entries, groups = self.engine.program_for(
                 ref.namespace, ref.name, ref.uid, request.node, list(request.addresses))
         except engine_.NotReady as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
@@ -69,7 +69,7 @@ class ProgramSource(pb_grpc.ProgramSourceServicer):
             context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         log.info("ProgramFor %s on node %s %s: %s", what, request.node, ",".join(pod.ips), programs.hash)
         self.handed(request.node)
-        return wire.to_proto(pod.namespace, pod.name, uid, programs, entries, pod.ips)
+        return wire.to_proto(pod.namespace, pod.name, uid, programs, entries, pod.ips, groups)
 
 
 def serve(engine: engine_.Engine, listen: str, handed: Callable[[str], None] = lambda node: None,

@@ -8,7 +8,9 @@ from tailor.datapath.agent import wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
-from tailor.operator.compiler import build, mapdata
+from tailor.datapath.groups import GroupChange
+from tailor.operator import groups
+from tailor.operator.compiler import build
 
 NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app", "labels": {"team": "a"}}}
 ADDRESSES = {"client": "10.244.0.11", "server": "10.244.0.12", "other": "10.244.0.13"}
@@ -39,8 +41,18 @@ def programs(ports=(80,), with_policy: bool = True) -> dict[str, pb.PodProgram]:
     docs = [NS] + [pod_doc(n) for n in ADDRESSES] + ([policy(ports)] if with_policy else [])
     manifests.apply(state, [("test", d) for d in docs])
     out = {}
+    members = groups.Memberships(state)
     for ref, built in build.build(state).items():
         name = ref.split("/")[1].split("[")[0]
-        out[name] = wire.to_proto("app", name, f"uid-{name}", built.programs,
-                                  mapdata.entries(built.spec), (ADDRESSES[name],))
+        members.define(built.spec.definitions.values())
+        changes = [GroupChange(g, tuple(sorted(members.members(g), key=str)), replace=True)
+                   for g in sorted(built.spec.group_ids())]
+        out[name] = wire.to_proto("app", name, f"uid-{name}", built.programs, {},
+                                  (ADDRESSES[name],), changes)
     return out
+
+
+def group_of(received) -> str:
+    """The one group a received program tests (the server's: its clients)."""
+    (gid,) = {i.group for insns in received.insns.values() for i in insns if i.group}
+    return gid

@@ -160,20 +160,23 @@ def test_list_trace_counters_update_maps_remove(agent, programs):
     assert retval == 7    # TC_ACT_REDIRECT
     assert stub.Counters(pb.CountersRequest(pod=ref("client"))).egress.redirected == 1
 
-    # Peer churn: take the client out of the server's peers -> the trace drops.
-    peers = {k: v for k, v in c._programs["app/server"].entries["ingress"].items()}
-    assert "peers4" in peers
-    upd = stub.UpdateMaps(pb.UpdateMapsRequest(pod=ref("server"), maps=[
-        pb.MapContents(direction="ingress", map="peers4", entries=[])]))
-    assert upd.changed_entries == len(peers["peers4"])
+    # Peer churn: take the client out of the server's group -> the trace drops.
+    gid = world.group_of(c._programs["app/server"])
+    before = stub.List(pb.ListRequest()).groups_digest
+    upd = stub.UpdateGroups(pb.UpdateGroupsRequest(groups=[
+        pb.GroupChange(group=gid, remove=[world.ADDRESSES["client"]])]))
+    assert upd.changed_entries == 1 and upd.digest != before
+    assert stub.List(pb.ListRequest()).groups_digest == upd.digest
     assert not stub.Trace(pb.TraceRequest(src="app/client", dst="app/server", protocol="TCP",
                                           dst_port=80)).allowed
-    back = stub.UpdateMaps(pb.UpdateMapsRequest(pod=ref("server"), maps=[
-        pb.MapContents(direction="ingress", map="peers4",
-                       entries=[pb.MapEntry(key=k, value=v) for k, v in peers["peers4"].items()])]))
-    assert back.changed_entries == len(peers["peers4"])
+    back = stub.UpdateGroups(pb.UpdateGroupsRequest(groups=[
+        pb.GroupChange(group=gid, add=[world.ADDRESSES["client"]])]))
+    assert back.changed_entries == 1 and back.digest == before
     assert stub.Trace(pb.TraceRequest(src="app/client", dst="app/server", protocol="TCP",
                                       dst_port=80)).allowed
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.UpdateGroups(pb.UpdateGroupsRequest(groups=[pb.GroupChange(group="x", add=["10.0.0.1"])]))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "group id 'x'" in bad.value.details()
 
     assert stub.Remove(pb.RemoveRequest(pod=ref("server"))).removed
     assert not stub.Remove(pb.RemoveRequest(pod=ref("server"))).removed

@@ -14,6 +14,7 @@ import pytest
 import agent_world as world
 import kernel_lab
 from tailor.datapath.agent import wire
+from tailor.datapath.groups import GroupChange
 from tailor.datapath.agent.backends import base
 from tailor.datapath.agent.backends import kernel as kb
 from tailor.datapath.ebpf import kernel
@@ -79,6 +80,7 @@ def crash(b: kb.KernelBackend) -> None:
 
 def attach_all(b, lab, received):
     for name in world.ADDRESSES:
+        b.update_groups(received[name].groups)      # the core does this before an attach
         state, changed = b.attach(lab.endpoint(name), received[name])
         assert changed and state.state == base.State.LOADED
 
@@ -142,10 +144,9 @@ def test_same_hash_is_no_reload_and_new_hash_swaps_without_loss(lab, roots, rece
     b.stop()
 
 
-def test_same_hash_with_other_peers_updates_the_maps_without_a_reload(lab, roots, received):
-    """An Apply of the program a pod runs, with other map contents (the
-    operator sends a handed-out pod whole when peers changed during its CNI
-    ADD): no reload, but the maps take the new contents; the counters stay."""
+def test_same_hash_with_other_peers_updates_the_groups_without_a_reload(lab, roots, received):
+    """Peers change while a pod's program stays (same hash): the node's
+    group members change, the program is not reloaded, the counters stay."""
     v1, _ = received
     b = backend(lab, roots)
     attach_all(b, lab, v1)
@@ -153,14 +154,14 @@ def test_same_hash_with_other_peers_updates_the_maps_without_a_reload(lab, roots
     before = b.link_ids("app/server")
     allowed = b.counters("app/server").ingress[layout.STAT_ALLOWED]
     assert allowed >= 1
-    no_peers = dataclasses.replace(v1["server"], entries={
-        d: {name: {} for name in tables} for d, tables in v1["server"].entries.items()})
-    state, changed = b.attach(lab.endpoint("server"), no_peers)
+    gid = world.group_of(v1["server"])
+    assert b.update_groups([GroupChange(gid, (), replace=True)]) == 1
+    state, changed = b.attach(lab.endpoint("server"), v1["server"])
     assert not changed and state.hash == v1["server"].hash and b.link_ids("app/server") == before
     assert not lab.probe("client", "server", "TCP", 80)         # the client is no peer now
     assert b.counters("app/server").ingress[layout.STAT_ALLOWED] == allowed
-    state, changed = b.attach(lab.endpoint("server"), v1["server"])
-    assert not changed and lab.probe("client", "server", "TCP", 80)
+    b.update_groups(v1["server"].groups)
+    assert lab.probe("client", "server", "TCP", 80)
     for name in world.ADDRESSES:
         b.detach(f"app/{name}")
     b.stop()
@@ -197,7 +198,11 @@ def test_detach_leaves_nothing(lab, roots, received):
     for name in world.ADDRESSES:
         assert b.detach(f"app/{name}")
     assert not b.detach("app/client")
-    assert kernel_lab.tree(roots[0]) == pins and kernel_lab.tree(roots[1]) == state
+    # The node's groups are the program source's to drop; dropped, none keeps a bit.
+    b.update_groups([], full=True)
+    with open(os.path.join(roots[1], "groups.json")) as f:
+        assert json.load(f) == {"bits": {}, "wanted": []}
+    assert kernel_lab.tree(roots[0]) == pins and kernel_lab.tree(roots[1]) == sorted(state + ["groups.json"])
     assert kernel_lab.sh("ip", "-d", "-n", lab.node, "link", "show") == links
     assert list(b.node_maps["endpoints4"].items()) == []
     shown = subprocess.run(["bpftool", "link", "show", "id", str(ids["egress"][0])],
@@ -245,22 +250,27 @@ def test_restart_adopts_pinned_state(lab, roots, received):
     b2.stop()
 
 
-def test_adoption_reads_peers_from_the_pinned_maps_not_the_last_apply(lab, roots, received):
-    """UpdateMaps after an Apply changes only the pinned maps: after a
-    restart the adopted program carries what the maps hold, so a later
-    same-hash Apply or a re-ADD does not roll the peers back."""
+def test_adoption_reads_group_members_from_the_pinned_maps(lab, roots, received):
+    """Group members changed after the Apply live in the pinned identity
+    maps: after a restart the node's groups are read back from them (and
+    groups.json), numbering and members as they were."""
     v1, _ = received
     b = backend(lab, roots)
     attach_all(b, lab, v1)
-    assert v1["server"].entries["ingress"]["peers4"]
-    b.update_maps("app/server", {"ingress": {"peers4": {}}})
+    gid = world.group_of(v1["server"])
+    assert b.groups.members(gid) == {world.ADDRESSES["client"]}
+    b.update_groups([GroupChange(gid, remove=(world.ADDRESSES["client"],))])
+    legend, digest = b.groups.legend(), b.groups_digest()
     crash(b)
     del b
     b2 = kb.KernelBackend("test", bpffs_root=roots[0], state_dir=roots[1], netns=lab.node)
     adopted = {a.state.name: a.received for a in b2.start()}
-    assert adopted["server"].entries["ingress"]["peers4"] == {}
-    assert adopted["client"].entries == v1["client"].entries     # untouched pods: as applied
+    assert set(adopted) == set(world.ADDRESSES)
+    assert b2.groups.members(gid) == set() and b2.groups.legend() == legend
+    assert b2.groups_digest() == digest
     assert not lab.probe("client", "server", "TCP", 80)
+    b2.update_groups([GroupChange(gid, add=(world.ADDRESSES["client"],))])
+    assert lab.probe("client", "server", "TCP", 80)
     for name in world.ADDRESSES:
         assert b2.detach(f"app/{name}")
     b2.stop()

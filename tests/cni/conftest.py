@@ -1,6 +1,7 @@
-"""Fixtures for the CNI tests: the plugin executables (the console script and
-the PyInstaller build, which every plugin test runs against), a running
-agent-side server, and network namespaces that are always removed."""
+"""Fixtures for the CNI tests: the plugin executables (the console script,
+the PyInstaller build and the `python3 -IS` script tailor.datapath.cni.install
+writes, which every plugin test runs against), a running agent-side server,
+and network namespaces that are always removed."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,7 @@ import pytest
 
 import cni_harness
 from tailor.datapath.agent.cni import wiring as cni_wiring
+from tailor.datapath.cni import install as cni_install
 
 PLUGIN_SOURCES = [cni_harness.ROOT / p for p in (
     "datapath/cni/__init__.py", "datapath/cni/main.py", "datapath/cni/protocol.py",
@@ -35,11 +37,17 @@ def pyinstaller_plugin() -> str:
     return str(exe)
 
 
-@pytest.fixture(params=["script", "pyinstaller"])
+@pytest.fixture(scope="session")
+def installed_plugin(tmp_path_factory) -> str:
+    """The plugin as a node's installer puts it into its CNI bin dir."""
+    return cni_install.install(str(tmp_path_factory.mktemp("cni-bin")))
+
+
+@pytest.fixture(params=["script", "pyinstaller", "installed"])
 def plugin(request) -> str:
     if request.param == "script":
         return cni_harness.console_script()
-    return request.getfixturevalue("pyinstaller_plugin")
+    return request.getfixturevalue(f"{request.param}_plugin")
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """200 pods start at once on one node, then all are deleted: no address is
 handed out twice, and nothing leaks (addresses, veths, namespaces).
 
-Runs the console-script plugin as 200 concurrent processes against one agent,
-as a node's runtime does during a burst of pod starts. Prints ADD latency
-(p50/p99, measured from the runtime's side); never a timed assertion."""
+Runs the installed plugin (tailor.datapath.cni.install) as 200 concurrent
+processes against one agent, as a node's runtime does during a burst of pod
+starts. Prints ADD latency (p50/p99, measured from the runtime's side);
+never a timed assertion."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -26,8 +27,8 @@ def _batch(lines: list[str]) -> None:
 
 
 @pytest.mark.kernel
-def test_200_concurrent_adds_then_dels(agent):
-    exe = cni_harness.console_script()
+def test_200_concurrent_adds_then_dels(agent, installed_plugin):
+    exe = installed_plugin
     names = [f"tailor-test-{cni_harness.PID}-burst{i}" for i in range(PODS)]
     pods = [(cni_harness.container_id(), f"/var/run/netns/{n}") for n in names]
     _batch([f"netns add {n}" for n in names])

@@ -1,6 +1,7 @@
 """The `tailor` plugin against CNI spec 1.1.0, run as a runtime runs it: a
 subprocess with CNI_* in its environment and the config on stdin. Every test
-runs twice, against the console script and the PyInstaller build.
+runs three times: against the console script, the PyInstaller build and the
+installed `python3 -IS` script.
 
 The first table needs no agent (input the plugin must refuse itself, and an
 agent that isn't there); the kernel tests run a real CniSocketServer +
@@ -263,6 +264,24 @@ def test_a_failed_attach_leaves_nothing_behind(plugin, agent, netns, mode, delay
     rc, out, raw = add(plugin, agent, ns, cid, agent.config(timeoutSeconds=timeout))
     assert rc != 0 and out["code"] == code, raw
     assert time.monotonic() - started < timeout + 1
+    assert (cid, "eth0") in agent.fake.detached
+    assert_nothing_left(agent, cid)
+    assert "eth0" not in subprocess.run(["ip", "-n", os.path.basename(ns), "link"],
+                                        capture_output=True, text=True).stdout
+
+
+@pytest.mark.kernel
+def test_a_wiring_failure_while_the_program_attaches_leaves_nothing_behind(plugin, agent, netns):
+    # The pod's addresses are set while its program is attached; a pod
+    # namespace with IPv6 off refuses the IPv6 one. The ADD fails with the
+    # wiring's code only after the (slow) attach ended, and undoes it too.
+    ns, cid = netns.new(), cni_harness.container_id()
+    subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "sysctl", "-q", "-w",
+                    "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+    agent.fake.mode, agent.fake.delay = "slow", 1.0
+    rc, out, raw = add(plugin, agent, ns, cid)
+    assert rc != 0 and out["code"] == 102 and "fd00:10:244:1::" in out["details"], raw
+    assert [p["containerID"] for p, _ in agent.fake.attached].count(cid) == 1
     assert (cid, "eth0") in agent.fake.detached
     assert_nothing_left(agent, cid)
     assert "eth0" not in subprocess.run(["ip", "-n", os.path.basename(ns), "link"],

@@ -8,9 +8,11 @@ a. the VM's verdict for a connection equals the model's, on every pair of
 b. the same for the kernel (BPF_PROG_TEST_RUN), with fewer clusters;
 c. the whole connectivity table computed by running the VM equals the model's;
 d. compiling is deterministic (same state, or the same manifests in another
-   order: same bytes, hashes and map contents), and peer churn (a pod added,
-   relabelled or deleted) changes other pods' map entries for that pod's
-   addresses only, never their programs;
+   order: same bytes, hashes and groups); a templated pod equals its direct
+   compile; and peer churn (a pod added,
+   relabelled or deleted) changes group members by that pod's addresses
+   only, never other pods' programs; the members kept up to date change by
+   change equal those computed afresh;
 e. specialisation: a pod no policy selects has no policy, conntrack, peer or
    named-port code or maps, and fewer instructions than the same pod
    isolated; the address families compiled in are exactly the pod's, and a
@@ -37,10 +39,11 @@ from tailor.datapath import trace
 from tailor.operator import tracing
 from tailor.datapath.ebpf import isa
 from tailor.operator import policy
-from tailor.operator.cluster import adminpolicy
+from tailor.operator.cluster import adminpolicy, manifests
 from tailor.operator.cluster.ports import MAX_PORT, MIN_PORT, PROTOCOLS
 from tailor.operator.cluster.state import ClusterState
-from tailor.operator.compiler import build, mapdata, program
+from tailor.operator import groups
+from tailor.operator.compiler import build, program
 from tailor.operator.compiler.spec import Direction, Tier, TierKind
 from tailor.operator.errors import ManifestError
 from tailor.operator.policy import endpoints, reachability
@@ -82,7 +85,7 @@ def compilable(state: ClusterState) -> ClusterState:
 def loaded(state: ClusterState, engine: str):
     """Every pod compiled and loaded into one node of `engine`."""
     built = build.build(state)
-    node = tracing.Node(trace.engine(engine))
+    node = tracing.Node(trace.engine(engine), state)
     try:
         for b in built.values():
             node.add(b.spec, b.programs)
@@ -230,7 +233,7 @@ def fingerprint(built) -> dict:
     """Everything compiled per pod: bytes, hash, features, maps, map contents."""
     return {ref: (b.programs.hash, b.programs.features,
                   isa.encode(b.programs.ingress.insns), isa.encode(b.programs.egress.insns),
-                  b.programs.ingress.maps, b.programs.egress.maps, mapdata.entries(b.spec))
+                  b.programs.ingress.maps, b.programs.egress.maps, sorted(b.spec.group_ids()))
             for ref, b in built.items()}
 
 
@@ -251,6 +254,26 @@ def test_compiling_is_deterministic(cluster, rnd):
     allocated = iter([d for d in cluster.docs if is_allocated(d)])
     shuffled = [next(allocated) if is_allocated(d) else d for d in shuffled]
     assert fingerprint(build.build(cs.Cluster(shuffled).state())) == first
+
+
+@examples(100)
+@given(cs.cluster())
+def test_templated_programs_equal_direct_compiles(cluster):
+    """compiler.template: compiled once per shape and patched, a pod's
+    programs are what compiling it alone gives: bytes, instructions with
+    their annotations and group names, relocations, hash."""
+    state = load(cluster)
+    templated = build.build(state)           # through compiler.template
+    for ref, b in templated.items():
+        direct = program.compile_pod(b.spec)
+        assert b.programs.hash == direct.hash, ref
+        for d in ("ingress", "egress"):
+            t, o = b.programs.program(d), direct.program(d)
+            assert (t.encoded, t.relocations, t.annotations, t.instructions) == \
+                (o.encoded, o.relocations, o.annotations, o.instructions), (ref, d)
+            assert list(t.insns) == list(o.insns), (ref, d)
+            assert [i.comment for i in t.insns] == [i.comment for i in o.insns], (ref, d)
+            assert [i.group for i in t.insns] == [i.group for i in o.insns], (ref, d)
 
 
 @st.composite
@@ -279,20 +302,17 @@ def churn(draw):
     return cluster, kind, pod
 
 
-def _key_address(map_name: str, key: bytes) -> str:
-    width = 4 if map_name.endswith("4") else 16
-    return str(ipaddress.ip_address(key[:width]))
+def _members(state, built) -> dict:
+    """{group id: members} of every group the built pods test."""
+    index = groups.Memberships(state)
+    for b in built.values():
+        index.define(b.spec.definitions.values())
+    return {gid: index.members(gid) for gid in index.ids()}
 
 
-def _entries_without(spec, addresses: set[str]) -> dict:
-    """The spec's map entries, but those keyed by one of `addresses`."""
-    out = {}
-    for direction, maps in mapdata.entries(spec).items():
-        for name, entries in maps.items():
-            kept = {k: v for k, v in entries.items() if _key_address(name, k) not in addresses}
-            if kept:
-                out[(direction, name)] = kept
-    return out
+def _without(members: dict, addresses: set[str]) -> dict:
+    return {gid: {m for m in ms if (m if isinstance(m, str) else m[0]) not in addresses}
+            for gid, ms in members.items()}
 
 
 @examples(150)
@@ -311,16 +331,29 @@ def test_peer_churn_changes_maps_not_programs(change):
     else:
         after_state = load(cluster, [pod])
     before, after = build.build(before_state), build.build(after_state)
-    maps_changed = False
     for ref in before.keys() & after.keys():
         if ref == changed_ref:
             continue
         assert after[ref].programs.hash == before[ref].programs.hash, \
             f"{kind} {changed_ref} changed the program of {ref}"
-        assert _entries_without(after[ref].spec, addresses) == _entries_without(before[ref].spec, addresses), \
-            f"{kind} {changed_ref} changed map entries of {ref} for other addresses"
-        maps_changed |= mapdata.entries(after[ref].spec) != mapdata.entries(before[ref].spec)
-    event(f"{kind}: {'maps changed' if maps_changed else 'maps unchanged'}")
+    old_members, new_members = _members(before_state, before), _members(after_state, before)
+    assert _without(new_members, addresses) == _without(old_members, addresses), \
+        f"{kind} {changed_ref} changed the members of groups by other addresses"
+    event(f"{kind}: {'members changed' if new_members != old_members else 'members unchanged'}")
+    # Kept up to date change by change, the members equal those computed afresh.
+    index = groups.Memberships(before_state)
+    for b in before.values():
+        index.define(b.spec.definitions.values())
+    old_pod = before_state.pods.get((pod["metadata"]["namespace"], name, "Pod"))
+    if kind == "delete":
+        before_state.delete("Pod", pod["metadata"]["namespace"], name)
+        new_pod = None
+    else:
+        manifests.apply(before_state, [("<churn>", pod)])
+        new_pod = before_state.pods[(pod["metadata"]["namespace"], name, "Pod")]
+    moved = index.pod_changed(old_pod, new_pod)
+    assert {gid: index.members(gid) for gid in index.ids()} == new_members
+    assert moved == {gid for gid in new_members if new_members[gid] != old_members[gid]}
 
 
 def test_a_new_peer_pod_is_a_map_update_only():
@@ -339,10 +372,12 @@ def test_a_new_peer_pod_is_a_map_update_only():
     before = build.build(cs.Cluster(base).state())["ns-a/web[Pod]"]
     after = build.build(cs.Cluster(base + [newcomer]).state())["ns-a/web[Pod]"]
     assert after.programs.hash == before.programs.hash
-    grew = {name: set(after_entries) - set(mapdata.entries(before.spec)["ingress"].get(name, {}))
-            for name, after_entries in mapdata.entries(after.spec)["ingress"].items()}
-    assert grew == {"peers4": {ipaddress.ip_address("10.1.1.11").packed},
-                    "peers6": {ipaddress.ip_address("fd00::1:b").packed}}
+    (gid,) = after.spec.group_ids()
+    members = {"before": groups.Memberships(cs.Cluster(base).state()),
+               "after": groups.Memberships(cs.Cluster(base + [newcomer]).state())}
+    for index in members.values():
+        index.define(after.spec.definitions.values())
+    assert members["after"].members(gid) - members["before"].members(gid) == {"10.1.1.11", "fd00::1:b"}
 
 
 # --- e: specialisation ----------------------------------------------------------------------------
@@ -367,7 +402,7 @@ def test_specialisation_is_monotone(cluster):
             assert not features & {"ingress-policy", "egress-policy", "conntrack", "anp", "banp",
                                    "selectors", "ipblock", "ports", "named-ports"}, (ref, features)
             maps = {m.name for m in b.programs.ingress.maps + b.programs.egress.maps}
-            assert not {n for n in maps if n.startswith(("ct", "peers", "nports"))}, (ref, maps)
+            assert not {n for n in maps if n.startswith(("ct", "ids", "ports"))}, (ref, maps)
             assert b.programs.instructions < isolated.instructions, ref
         # One family fewer is fewer instructions, and no trace of the other family.
         if len(pod.families) == 2:

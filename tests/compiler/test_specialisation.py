@@ -7,7 +7,8 @@ import pytest
 
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
-from tailor.operator.compiler import build, generic, mapdata, program
+from tailor.operator import groups
+from tailor.operator.compiler import build, generic, program
 
 NS = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app", "labels": {"team": "a"}}}]
 
@@ -66,14 +67,20 @@ def test_two_ports_cost_two_compares():
     assert two - one == 1 and three - two == 1
 
 
-def test_peer_churn_changes_map_entries_not_the_program():
+def _members(state, built) -> frozenset:
+    index = groups.Memberships(state)
+    index.define(built.spec.definitions.values())
+    return frozenset().union(*(index.members(g) for g in built.spec.group_ids()))
+
+
+def test_peer_churn_changes_group_members_not_the_program():
     base = [pod("p", {"role": "db"}), pod("w1", {"role": "web"}, ips=("10.1.0.5",)), ISOLATE]
-    before = build.build(state_of(*base))["app/p[Pod]"]
-    after = build.build(state_of(*base, pod("w2", {"role": "web"}, ips=("10.1.0.6",))))["app/p[Pod]"]
+    before_state = state_of(*base)
+    after_state = state_of(*base, pod("w2", {"role": "web"}, ips=("10.1.0.6",)))
+    before = build.build(before_state)["app/p[Pod]"]
+    after = build.build(after_state)["app/p[Pod]"]
     assert before.programs.hash == after.programs.hash
-    peers_before = mapdata.entries(before.spec)["ingress"]["peers4"]
-    peers_after = mapdata.entries(after.spec)["ingress"]["peers4"]
-    assert len(peers_after) == len(peers_before) + 1
+    assert _members(after_state, after) - _members(before_state, before) == {"10.1.0.6"}
 
 
 def test_compilation_is_deterministic():
@@ -133,9 +140,8 @@ def test_1000_peers_and_100_rules_pass_the_verifier():
 
     state = _scale_state(1000, 100)
     built = build.build(state)["app/p[Pod]"]
-    peers = mapdata.entries(built.spec)["ingress"]["peers4"]
-    assert len(peers) == 1000
-    node = tracing.Node(trace.engine("kernel"))
+    assert {f"10.2.{i // 250}.{i % 250 + 1}" for i in range(1000)} <= _members(state, built)
+    node = tracing.Node(trace.engine("kernel"), state)
     try:
         node.add(built.spec, built.programs)      # raises VerifierError on rejection
     finally:

@@ -132,17 +132,17 @@ def test_a_policy_edit_through_the_api_reloads_exactly_its_subjects(current, tmp
 
 def test_a_label_change_through_the_api_moves_a_pod_out_of_a_policy(current, tmp_path):
     """z/c's egress allows UDP serve-81-udp only to x/b (pod=b in ns x):
-    relabel x/b, and z/c's program changes (its peer set lost x/b) while x/b's
-    own program stays; traffic z/c -> x/b UDP stops."""
+    relabel x/b, and the group z/c's rule tests loses x/b (an UpdateGroups to
+    the nodes holding it) while every program stays; traffic z/c -> x/b UDP stops."""
     data = state_.load(NAME)
     before = agents.held(data)
     assert {"src": "z/c[Pod]", "dst": "x/b[Pod]", "protocol": "UDP", "ports": "81"} in probe.run(data)["connections"]
-    seen, sent = operated.events(data), operated.metrics(data)["tailor_operator_map_updates_total"]
+    seen, sent = operated.events(data), operated.metrics(data)["tailor_operator_group_updates_total"]
     operated.client(data).patch(objects.path("Pod", "x", "b"), {"metadata": {"labels": {"pod": "b2"}}})
     operated.sync(data, lambda: agents.held(data), events_after=seen)
-    assert operated.metrics(data)["tailor_operator_map_updates_total"] > sent   # z/c's peers
+    assert operated.metrics(data)["tailor_operator_group_updates_total"] > sent   # z/c's peers
     after = agents.held(data)
-    # Peers live in maps: a selector's member leaving updates z/c's maps, not its program.
+    # Peers are node data: a selector's member leaving updates the node's groups, not z/c's program.
     assert after == before
     topology = list(yaml.safe_load_all(open(current["topology"])))
     for doc in topology:

@@ -3,7 +3,8 @@ node agent per node, in this process — agent core + emulated backend + the
 gRPC Agent service — asking the operator's ProgramSource at "CNI ADD"
 exactly as the real CNI path does (`Agent.wire` hands the core a synthetic
 endpoint through `attach_pod`, as the emulated lab does), and counting the
-Apply / UpdateMaps / Remove calls per pod (CountingCore).
+Apply / UpdateMaps / Remove calls per pod and the UpdateGroups calls per
+node (CountingCore).
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from tailor.lab import emulated as lab_emulated
 
 
 class CountingCore(core_.Core):
-    """The agent core, counting what the operator sends per pod."""
+    """The agent core, counting what the operator sends: per pod, and per
+    node for the node-wide group updates (UpdateGroups; the members that
+    travel inside an Apply or a CNI hand-off are not counted here)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -28,6 +31,9 @@ class CountingCore(core_.Core):
         self.reloads: collections.Counter = collections.Counter()    # applies that changed something
         self.map_updates: collections.Counter = collections.Counter()
         self.removes: collections.Counter = collections.Counter()
+        self.group_updates: collections.Counter = collections.Counter()        # node -> calls
+        self.full_group_updates: collections.Counter = collections.Counter()   # of them, full=True
+        self.group_changes: list = []          # (full, changes) of every UpdateGroups, in order
 
     def apply(self, received):
         self.applies[received.key] += 1
@@ -39,6 +45,13 @@ class CountingCore(core_.Core):
     def update_maps(self, namespace, name, uid, maps):
         self.map_updates[f"{namespace}/{name}"] += 1
         return super().update_maps(namespace, name, uid, maps)
+
+    def update_groups(self, changes, *, full=False):
+        self.group_updates[self.node] += 1
+        if full:
+            self.full_group_updates[self.node] += 1
+        self.group_changes.append((full, tuple(changes)))
+        return super().update_groups(changes, full=full)
 
     def remove(self, namespace, name, uid=""):
         self.removes[f"{namespace}/{name}"] += 1

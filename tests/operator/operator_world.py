@@ -14,7 +14,7 @@ Node n1's agent is found through a DaemonSet-style agent pod (hostNetwork,
 container port `grpc`), the others through the node annotation
 `tailor.dev/agent-address` (a unix socket).
 
-Used by test_operator_e2e.py and benchmarks/operator_latency.py
+Used by test_operator_e2e.py and benchmarks/operator_sync.py
 (`from operator_world import World, eventually`).
 """
 from __future__ import annotations
@@ -35,6 +35,10 @@ from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.controller import app
 from tailor.operator.controller import config as config_
+
+
+# What CountingCore counts: per pod, and (the group updates) per node.
+COUNTS = ("applies", "reloads", "map_updates", "removes", "group_updates", "full_group_updates")
 
 
 class Operator:
@@ -228,8 +232,7 @@ class World:
         return operated.read_metrics(self.operator.config.metrics_port)
 
     def counts(self) -> dict[str, collections.Counter]:
-        out = {"applies": collections.Counter(), "reloads": collections.Counter(),
-               "map_updates": collections.Counter(), "removes": collections.Counter()}
+        out = {name: collections.Counter() for name in COUNTS}
         for agent in self.agents.values():
             for name, counter in out.items():
                 counter.update(getattr(agent.core, name))
@@ -237,8 +240,9 @@ class World:
 
     def reset_counts(self) -> None:
         for agent in self.agents.values():
-            for name in ("applies", "reloads", "map_updates", "removes"):
+            for name in COUNTS:
                 getattr(agent.core, name).clear()
+            agent.core.group_changes.clear()
 
     def trace(self, src_key: str, dst_key: str, protocol: str, port: int) -> bool:
         """What the agents' Trace answers for a new connection src -> dst:

@@ -4,10 +4,15 @@ emulated backend, pods wired through the agents' CNI path so every program
 reaches its agent through the ProgramFor hand-off first.
 
 The oracle for "exactly the affected pods" is a full rebuild: every pod of
-the test's objects compiled from scratch before and after a change. A pod
-whose hash changed must get exactly one Apply; a pod whose map contents
-changed (same hash) exactly one UpdateMaps and no Apply; every other pod
-nothing at all.
+the test's objects compiled from scratch before and after a change, and the
+members of every group the programs test computed from scratch
+(operator.groups.Memberships). A pod whose hash changed must get exactly one
+Apply, every other pod nothing at all (no UpdateMaps ever: a pod's own maps
+hold only counters); a node on which a group its programs test changed
+members, or that no longer needs a group, exactly one UpdateGroups; every
+other node none. And each agent's node groups (and its identity maps) must
+hold exactly the members the rebuild says, for exactly the groups its
+programs test.
 """
 import pathlib
 
@@ -15,8 +20,10 @@ import pytest
 import yaml
 
 from operator_world import World, eventually
-from tailor.operator import policy
-from tailor.operator.compiler import build, mapdata
+from tailor.datapath import groups as node_groups
+from tailor.datapath import layout
+from tailor.operator import groups, policy
+from tailor.operator.compiler import build
 
 pytestmark = pytest.mark.operator
 
@@ -57,62 +64,140 @@ def world(tmp_path):
         w.close()
 
 
-def compiled(world: World) -> dict[str, tuple[str, dict, tuple]]:
-    """{"ns/name": (hash, map entries, features)} compiled from scratch."""
-    out = {}
-    for ref, built in build.build(world.model()).items():
-        out[ref.split("[")[0]] = (built.programs.hash, _nonempty(mapdata.entries(built.spec)),
-                                  built.programs.features)
+def compiled(world: World) -> dict[str, tuple[str, tuple, frozenset]]:
+    """{"ns/name": (hash, features, group ids its program tests)} compiled from scratch."""
+    return {ref.split("[")[0]: (built.programs.hash, built.programs.features, groups_tested(built.programs))
+            for ref, built in build.build(world.model()).items()}
+
+
+def groups_tested(programs) -> frozenset[str]:
+    """The groups a compiled program's instructions test."""
+    return frozenset(i.group for p in (programs.ingress, programs.egress) for i in p.insns if i.group)
+
+
+def node_groups_wanted(world: World) -> dict[str, dict[str, tuple[frozenset, bool]]]:
+    """{node: {group: (members, tested)}}: what each node's agent must hold,
+    from scratch — every group its pods' programs test (a spec can name a
+    group its program does not: a tier the compiler left out because an
+    earlier one decides every packet; the operator sends only what the
+    instructions test), with members computed by a fresh Memberships over
+    the test's objects."""
+    state = world.model()
+    members = groups.Memberships(state)
+    out: dict[str, dict] = {node: {} for node in World.NODES}
+    for ref, built in build.build(state).items():
+        members.define(built.spec.definitions.values())
+        node = world.node_of[ref.split("[")[0]]
+        must = groups_tested(built.programs)
+        assert must <= built.spec.group_ids()
+        for gid in must:
+            out[node][gid] = (members.members(gid), True)
     return out
 
 
-def _nonempty(entries: dict) -> dict:
-    return {d: {m: t for m, t in maps.items() if t} for d, maps in entries.items()}
-
-
-def held(world: World) -> dict[str, tuple[str, dict]]:
-    """{"ns/name": (hash, map entries)} of what the agents hold."""
+def held(world: World) -> dict[str, str]:
+    """{"ns/name": hash} of what the agents hold."""
     out = {}
     for agent in world.agents.values():
         with agent.core._lock:
             for key, received in agent.core._programs.items():
-                out[key] = (received.hash, _nonempty(received.entries))
+                out[key] = received.hash
+    return out
+
+
+def held_groups(world: World) -> dict[str, dict[str, frozenset]]:
+    """{node: {group: members}} of what each agent's node groups hold (the
+    groups the program source wants there), after checking that its
+    identity maps hold exactly the entries those members make."""
+    out = {}
+    for node, agent in world.agents.items():
+        backend = agent.core.backend
+        with backend._lock:
+            registry = backend.groups
+            identity = {m: dict(backend.node_maps[m].items())
+                        for m in (*(s.name for s in layout.IDS_MAPS.values()),
+                                  *(s.name for s in layout.PORTS_MAPS.values()))}
+            want = {m: {k: v for k, v in entries.items()} for m, entries in registry.contents().items()}
+            assert {m: {bytes(k): bytes(v) for k, v in e.items()} for m, e in identity.items()} == want, \
+                f"node {node}: identity maps disagree with its groups"
+            out[node] = {gid: registry.members(gid) for gid in registry.groups()}
     return out
 
 
 def converge(world: World, timeout: float = 30.0) -> dict:
-    """Wait until every agent holds exactly what a full rebuild says (program
-    and map contents) and the operator is idle; returns the rebuild."""
+    """Wait until every agent holds exactly what a full rebuild says
+    (programs, and its node's groups and their members) and the operator
+    is idle; returns the rebuild."""
     want = compiled(world)
+    want_groups = node_groups_wanted(world)
 
     def check():
         have = held(world)
-        missing = {k: v[0] for k, v in want.items() if have.get(k, (None,))[0] != v[0]}
-        stale = {k for k, v in want.items() if k in have and have[k][1] != v[1]}
+        missing = {k: v[0] for k, v in want.items() if have.get(k) != v[0]}
         extra = set(have) - set(want)
-        assert not missing and not stale and not extra, (missing, stale, extra)
+        assert not missing and not extra, (missing, extra)
+        have_groups = held_groups(world)
+        wrong = {n: {g: (sorted(have_groups[n][g], key=str), sorted(m, key=str))
+                     for g, (m, _) in want_groups[n].items() if g in have_groups[n] and have_groups[n][g] != m}
+                 for n in World.NODES}
+        lacking = {n: {g for g, (_, must) in want_groups[n].items() if must and g not in have_groups[n]}
+                   for n in World.NODES}
+        stale = {n: set(have_groups[n]) - set(want_groups[n]) for n in World.NODES}
+        assert not any(wrong.values()) and not any(lacking.values()) and not any(stale.values()), \
+            (wrong, lacking, stale)
         return world.operator.engine.idle()
     eventually(check, timeout, what="the agents hold what a full rebuild says")
     return want
 
 
+def _needs_group_update(before: dict[str, tuple], after: dict[str, tuple]) -> bool:
+    """A node that held `before` and must hold `after` (node_groups_wanted):
+    must it be sent an UpdateGroups? Yes when a group it keeps changed
+    members or a group goes; a group that only arrives travels in the
+    Apply that needs it."""
+    return bool(set(before) - set(after)) or any(before[g][0] != after[g][0] for g in set(before) & set(after))
+
+
 def changed_exactly(world: World, change) -> tuple[set, set, set]:
     """Run `change`, wait for convergence, and check the pushes against the
-    full rebuild. Returns (reloaded, maps updated, removed) pod keys."""
-    before = compiled(world)
+    full rebuild. Returns (reloaded pod keys, nodes sent group updates,
+    removed pod keys)."""
+    before, before_groups = compiled(world), node_groups_wanted(world)
     world.reset_counts()
     change()
     after = converge(world)
+    after_groups = node_groups_wanted(world)
     reloaded = {k for k in after if k in before and after[k][0] != before[k][0]}
-    maps = {k for k in after if k in before and after[k][0] == before[k][0] and after[k][1] != before[k][1]}
+    nodes = {n for n in World.NODES if _needs_group_update(before_groups[n], after_groups[n])}
     removed = set(before) - set(after)
     eventually(lambda: world.operator.engine.idle())
     counts = world.counts()
     assert dict(counts["applies"]) == {k: 1 for k in reloaded}
     assert dict(counts["reloads"]) == {k: 1 for k in reloaded}
-    assert dict(counts["map_updates"]) == {k: 1 for k in maps}
+    assert dict(counts["map_updates"]) == {}
     assert dict(counts["removes"]) == {k: 1 for k in removed}
-    return reloaded, maps, removed
+    assert dict(counts["group_updates"]) == {n: 1 for n in nodes}, \
+        "\n".join([f"{n}: {a.core.group_changes}" for n, a in world.agents.items()]
+                  + [f"engine: {dict(world.operator.engine.counters)}"])
+    assert dict(counts["full_group_updates"]) == {}
+    return reloaded, nodes, removed
+
+
+def namespaces_group(world: World, key: str, labels: dict) -> str:
+    """The id of the group, among those `key`'s program tests, of every pod
+    in the namespaces with exactly these labels (of the test's namespaces)."""
+    built = build.build(world.model())[key + "[Pod]"]
+    others = [{"ns": n} for n in ("x", "y", "z") if {"ns": n} != labels]
+    (gid,) = [g for g, d in built.spec.definitions.items()
+              if isinstance(d, groups.PodGroup) and d.namespace is None and d.pod_selector is None
+              and d.namespace_selector.matches(labels)
+              and not any(d.namespace_selector.matches(o) for o in others)]
+    return gid
+
+
+def agents_members(world: World, gid: str) -> dict[str, frozenset]:
+    """{node: members of `gid` in its agent's node groups}."""
+    return {node: agent.core.backend.groups.members(gid) for node, agent in world.agents.items()}
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -131,9 +216,9 @@ def test_every_podprogram_loads_with_the_compiled_features(world):
     agents = held(world)
     for key, pp in pps.items():
         status = pp["status"]
-        assert status["hash"] == want[key][0] == agents[key][0] == status["observedHash"]
-        assert tuple(status["features"]) == want[key][2]
-        assert status["featureList"] == ",".join(want[key][2])
+        assert status["hash"] == want[key][0] == agents[key] == status["observedHash"]
+        assert tuple(status["features"]) == want[key][1]
+        assert status["featureList"] == ",".join(want[key][1])
         assert status["node"] == world.node_of[key]
         assert status["conditions"][0]["status"] == "True"
         owner, = pp["metadata"]["ownerReferences"]
@@ -174,13 +259,19 @@ def test_connectivity_through_the_agents_equals_the_model(world):
 
 def test_pod_label_change(world):
     # y/b joins x/a's `pod: a` subject: its own program changes; nobody else's.
-    reloaded, maps, removed = changed_exactly(
+    # Its labels name no group (x's groups choose pods by namespace): no node
+    # gets a group update either.
+    reloaded, nodes, removed = changed_exactly(
         world, lambda: world.patch("Pod", "y", "b", {"metadata": {"labels": {"pod": "a", "extra": "1"}}}))
-    assert reloaded == set() and maps == set() and removed == set()   # y has no policy on `pod`
-    # x/b relabelled to `pod: a`: x/a-from-y now selects it.
-    reloaded, maps, removed = changed_exactly(
+    assert reloaded == set() and nodes == set() and removed == set()   # y has no policy on `pod`
+    # x/b relabelled to `pod: a`: x/a-from-y now selects it. The groups its
+    # new program tests travel in its Apply. Isolated now, its NetworkPolicy
+    # tier decides every packet: the baseline tier after it is gone from its
+    # program, and its node (n2), where no other program tests the baseline's
+    # group, is told to drop that group; no other node is touched.
+    reloaded, nodes, removed = changed_exactly(
         world, lambda: world.patch("Pod", "x", "b", {"metadata": {"labels": {"pod": "a"}}}))
-    assert reloaded == {"x/b"}
+    assert reloaded == {"x/b"} and nodes == {world.node_of["x/b"]}
 
 
 def test_policy_create_edit_delete(world):
@@ -189,42 +280,65 @@ def test_policy_create_edit_delete(world):
                  "spec": {"podSelector": {"matchLabels": {"pod": "b"}},
                           "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}],
                                        "ports": [{"port": 81, "protocol": "TCP"}]}]}}
-    reloaded, maps, _ = changed_exactly(world, lambda: world.create(allow_web))
-    assert reloaded == {"y/b"} and maps == set()
-    reloaded, maps, _ = changed_exactly(world, lambda: world.patch(
+    # y/b's new rule tests namespace z's pods: the very group x/b, on the
+    # same node, tests already (one group, whoever names it): nothing to send
+    # but y/b's program.
+    reloaded, nodes, _ = changed_exactly(world, lambda: world.create(allow_web))
+    assert reloaded == {"y/b"} and nodes == set()
+    assert namespaces_group(world, "y/b", {"ns": "z"}) == namespaces_group(world, "x/b", {"ns": "z"})
+    reloaded, nodes, _ = changed_exactly(world, lambda: world.patch(
         "NetworkPolicy", "y", "b-from-z", {"spec": {"ingress": [
             {"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}],
              "ports": [{"port": 82, "protocol": "TCP"}]}]}}))
-    assert reloaded == {"y/b"}
-    reloaded, maps, _ = changed_exactly(world, lambda: world.delete("NetworkPolicy", "y", "b-from-z"))
-    assert reloaded == {"y/b"}
-    # An admin policy edit: the ANP's subjects (namespace x) only.
-    reloaded, _, _ = changed_exactly(world, lambda: world.patch(
+    assert reloaded == {"y/b"} and nodes == set()
+    reloaded, nodes, _ = changed_exactly(world, lambda: world.delete("NetworkPolicy", "y", "b-from-z"))
+    assert reloaded == {"y/b"} and nodes == set()                   # x/b still tests the group
+    # An admin policy edit: the ANP's subjects (namespace x) only. Its
+    # y-is-up-to-x rule goes, and with it namespace y's group on the nodes
+    # where no other program tests it: x/a's NetworkPolicy keeps it on n1.
+    from_y = namespaces_group(world, "x/b", {"ns": "y"})
+    reloaded, nodes, _ = changed_exactly(world, lambda: world.patch(
         "AdminNetworkPolicy", None, "protect-x", {"spec": {"priority": 20, "ingress": [
             {"name": "deny-from-z", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "z"}}}],
              "ports": [{"portNumber": {"port": 80, "protocol": "TCP"}}]}]}}))
     assert reloaded == {"x/a", "x/b", "x/c"}
+    assert nodes == {"n2", "n3"}
+    assert {n: bool(m) for n, m in agents_members(world, from_y).items()} == {
+        "n1": True, "n2": False, "n3": False}
 
 
 def test_namespace_relabel(world):
-    # z leaves `ns: z`: the ANP's deny-from-z group loses z's pods (x's maps
-    # change, programs stay); z's own pods are subjects of nothing.
-    reloaded, maps, _ = changed_exactly(
+    # z leaves `ns: z`: the ANP's deny-from-z group loses z's pods on every
+    # node with one of x's pods (one group update each); no program changes,
+    # and z's own pods are subjects of nothing.
+    from_z = namespaces_group(world, "x/a", {"ns": "z"})
+    z = {a for k, addresses in world.addresses.items() if k.startswith("z/") for a in addresses}
+    assert agents_members(world, from_z) == {n: frozenset(z) for n in World.NODES}
+    reloaded, nodes, _ = changed_exactly(
         world, lambda: world.patch("Namespace", None, "z", {"metadata": {"labels": {"ns": "zz"}}}))
     assert reloaded == set()
-    assert maps == {"x/a", "x/b", "x/c"}
+    assert nodes == {world.node_of[k] for k in ("x/a", "x/b", "x/c")} == set(World.NODES)
+    assert agents_members(world, from_z) == {n: frozenset() for n in World.NODES}
 
 
 def test_pod_create_and_delete(world):
     new = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "d", "namespace": "z", "labels": {"pod": "d"}},
            "spec": {"containers": [{"name": "c", "image": "x", "ports": [{"containerPort": 80}]}]}}
-    # A new pod in z: x's pods deny z, so their peer maps gain it; its own
+    from_z = namespaces_group(world, "x/a", {"ns": "z"})
+    # A new pod in z: x's pods deny z, so the group they test gains it — one
+    # group update per node, and no push to any of x's pods; its own
     # program is handed out at CNI ADD (no Apply).
-    reloaded, maps, _ = changed_exactly(world, lambda: world.create_pod(new, "n2"))
-    assert reloaded == set() and maps == {"x/a", "x/b", "x/c"}
-    reloaded, maps, removed = changed_exactly(world, lambda: world.delete("Pod", "z", "d"))
-    assert removed == {"z/d"} and maps == {"x/a", "x/b", "x/c"} and reloaded == set()
+    reloaded, nodes, _ = changed_exactly(world, lambda: world.create_pod(new, "n2"))
+    assert reloaded == set() and nodes == set(World.NODES)
+    address, = world.addresses["z/d"]
+    assert all(address in m for m in agents_members(world, from_z).values())
+    # Denied by every x pod's agent, as the model says (x/c is on n3, z/d on n2).
+    assert not world.trace("z/d", "x/c", "TCP", 80)
+    assert world.trace("z/d", "y/a", "TCP", 80)
+    reloaded, nodes, removed = changed_exactly(world, lambda: world.delete("Pod", "z", "d"))
+    assert removed == {"z/d"} and nodes == set(World.NODES) and reloaded == set()
+    assert not any(address in m for m in agents_members(world, from_z).values())
     eventually(lambda: "z/d" not in world.kube.podprograms(), what="the PodProgram goes with its pod")
 
 
@@ -268,6 +382,45 @@ def test_agent_restart_is_repaired(world):
     eventually(lambda: engine.counters["repairs"] > repairs, what="the drift is noticed")
     converge(world)
     assert agent.held()[key][0] == compiled(world)[key][0]
+
+
+def test_lost_node_groups_come_back_through_the_reconcile_loop(world):
+    # The agent on n1 loses its node groups and identity maps (as a restart
+    # of the emulated backend would) but keeps its programs: its List's
+    # groups digest no longer matches, and the operator sends it every
+    # group its programs test, whole, in one UpdateGroups.
+    engine = world.operator.engine
+    agent = world.agents["n1"]
+    backend = agent.core.backend
+    want = held_groups(world)["n1"]
+    from_z = namespaces_group(world, "x/a", {"ns": "z"})
+    assert world.node_of["x/a"] == "n1" and want[from_z]
+    digest = agent.core.groups_digest()
+    assert digest == engine.desired.groups_digest("n1")
+    world.reset_counts()
+    repairs = engine.counters["group repairs"]
+    with backend._lock:
+        backend.groups = node_groups.NodeGroups()
+        for spec in (*layout.IDS_MAPS.values(), *layout.PORTS_MAPS.values()):
+            for key in backend.node_maps[spec.name].keys():
+                backend.node_maps[spec.name].delete(key)
+    assert held_groups(world)["n1"] == {} and agent.core.groups_digest() != digest
+    eventually(lambda: held_groups(world)["n1"] == want, what="n1's groups are back")
+    assert agent.core.groups_digest() == digest
+    converge(world)
+    assert engine.counters["group repairs"] - repairs == 1
+    counts = world.counts()
+    assert dict(counts["full_group_updates"]) == dict(counts["group_updates"]) == {"n1": 1}
+    (full, changes), = agent.core.group_changes
+    assert full and {c.group: frozenset(c.add) for c in changes} == want
+    assert all(c.replace for c in changes)
+    assert dict(counts["applies"]) == dict(counts["map_updates"]) == {}       # no program touched
+    # And z's pods are denied again by the members that came back. (Trace
+    # resolves the programs' group tests against the node's numbering now,
+    # which the fresh registry may have changed; the programs loaded before
+    # are not bound again.)
+    assert not world.trace("z/b", "x/a", "TCP", 80)
+    assert world.trace("y/b", "x/a", "TCP", 80)
 
 
 def test_watch_dropped_and_restored_converges(world):

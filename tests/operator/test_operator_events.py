@@ -6,9 +6,12 @@ import time
 
 import pytest
 
+from tailor.datapath import groups as node_groups
+from tailor.datapath.groups import GroupChange
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.controller import engine as engine_
+from tailor.operator.compiler import resolve
 from tailor.operator.controller import events
 
 pytestmark = pytest.mark.operator
@@ -50,13 +53,26 @@ def test_a_pod_joins_without_addresses_and_the_cni_gives_them():
     out = world.apply(events.POD, "ADDED", pod("web", {"app": "web"}))
     assert world.state.pod("x", "web").ips == ()
     assert out.affected == {"x/web[Pod]"}
-    world.apply(events.POD, "ADDED", pod("client", {"app": "client"}))
-    wired, touched = world.wire("x", "client", "uid-client", "n1", ["10.1.0.7/24"])
+    # web's program tests the group of app=client pods (as the Desired
+    # defines it once it compiles web).
+    (clients, definition), = resolve.resolve(world.state, world.state.pod("x", "web")).definitions.items()
+    world.memberships.define([definition])
+    joined = world.apply(events.POD, "ADDED", pod("client", {"app": "client"}))
+    assert joined.groups == set()                              # no address yet: in no group
+    wired, touched, moved = world.wire("x", "client", "uid-client", "n1", ["10.1.0.7/24"])
     assert wired.ips == ("10.1.0.7",)
-    assert touched == {"x/web[Pod]"}                          # its peer map gains the address
+    # web's program does not change (it tests the group by id): only the group's members do.
+    assert touched == set()
+    assert moved == {clients}
+    assert world.memberships.members(clients) == {"10.1.0.7"}
     # The kubelet's status update later says the same: nothing changes.
     again = world.apply(events.POD, "MODIFIED", pod("client", {"app": "client"}, ips=["10.1.0.7"]))
-    assert again.affected == set()
+    assert again.affected == set() and again.groups == set()
+    # Relabelled out of the group: its members shrink; deleted: nothing more to change.
+    left = world.apply(events.POD, "MODIFIED", pod("client", {"app": "other"}, ips=["10.1.0.7"]))
+    assert left.affected == {"x/client[Pod]"} and left.groups == {clients}
+    assert world.memberships.members(clients) == frozenset()
+    assert world.apply(events.POD, "DELETED", pod("client", {"app": "other"})).groups == set()
 
 
 def test_wire_refuses_unknown_pods_other_uids_and_other_nodes():
@@ -137,8 +153,9 @@ def test_the_engine_hands_out_nothing_before_the_initial_listing():
     with pytest.raises(engine_.NotReady):
         engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
     engine.load([(events.POD, pod("a"))])
-    _, uid, programs, _ = engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    _, uid, programs, entries, groups = engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
     assert uid == "uid-a" and programs.hash
+    assert entries == {} and groups == ()                 # no policy: no group to test
     # Handed out at CNI ADD: the pusher has nothing to send for it.
     assert engine.take(10, timeout=0) is None            # first: ask the agents what they hold
     engine.reports_taken()
@@ -152,11 +169,12 @@ def test_the_engine_adopts_what_an_agent_already_holds():
     # What the agent holds: the same program the engine will compile.
     probe = engine_.Engine()
     probe.load([(events.POD, pod("a"))])
-    _, _, held, _ = probe.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    _, _, held, _, _ = probe.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
     engine.reported("n1", [("x/a", engine_.Report("uid-a", held.hash, engine_.LOADED))], asked_at=0.0)
     engine.reports_taken()
     works = engine.take(10, timeout=0)
-    assert [(w.rpc, w.pod) for w in works] == [(engine_.UPDATE_MAPS, "x/a[Pod]")]   # no Apply
+    # No Apply: an UpdateMaps with nothing in it, which the pusher does not even send.
+    assert [(w.rpc, w.pod, w.maps) for w in works] == [(engine_.UPDATE_MAPS, "x/a[Pod]", {})]
     engine.done(works[0])
     assert engine.view("x/a[Pod]").state == engine_.LOADED
 
@@ -187,35 +205,55 @@ def _handed_pair():
                  (events.POD, pod("c", labels={"app": "client"}))])
     assert engine.take(10, timeout=0) is None
     engine.reports_taken()
-    engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    _, _, _, _, groups = engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
+    # a's hand-off carries its group's whole membership: nobody has an address yet.
+    assert groups == (GroupChange(_clients_group(engine), (), replace=True),)
     return engine
 
 
-def test_a_handed_out_pod_is_sent_whole_and_not_repaired_while_its_add_runs():
+def _clients_group(engine) -> str:
+    """The id of the group a's program tests (POLICY's app=client peers)."""
+    (gid,) = resolve.resolve(engine.world.state, engine.world.state.pod("x", "a")).definitions
+    return gid
+
+
+def test_a_handed_out_pod_gets_peers_as_group_updates_and_is_not_repaired_while_its_add_runs():
     engine = _handed_pair()
+    clients = _clients_group(engine)
     # The agent's List does not show a yet (its CNI ADD is still attaching).
     engine.reported("n1", [], asked_at=engine.clock())
     assert engine.counters["repairs"] == 0
-    # A peer arrives: a's peer maps change. The agent may not hold a yet, so
-    # a gets the whole program (Apply), not an UpdateMaps it would refuse.
-    engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])
+    # A peer arrives: a's program is the same (it tests the group by id);
+    # the node gets the group's new member, and a no push at all.
+    _, _, _, _, given = engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])
+    assert given == ()                                   # c tests no group
     works = engine.take(10, timeout=0)
-    assert [(w.rpc, w.pod) for w in works] == [(engine_.APPLY, "x/a[Pod]")]
-    engine.done(works[0], engine_.Report("uid-a", works[0].push.programs.hash, engine_.LOADED))
-    # Reported Loaded: from now on peers travel as map updates.
+    assert [(w.rpc, w.node, w.push.full) for w in works] == [(engine_.UPDATE_GROUPS, "n1", False)]
+    assert works[0].push.groups == (GroupChange(clients, ("10.1.0.3",)),)
+    engine.done(works[0])
+    # Relabelled out of the group: the member goes, again as one group update.
     engine.event(events.POD, pod("c", labels={"app": "client"}), pod("c", labels={"app": "other"}))
     works = engine.take(10, timeout=0)
-    assert [(w.rpc, w.pod) for w in works] == [(engine_.UPDATE_MAPS, "x/a[Pod]")]
+    assert [(w.rpc, w.node) for w in works] == [(engine_.UPDATE_GROUPS, "n1")]
+    assert works[0].push.groups == (GroupChange(clients, (), ("10.1.0.3",)),)
+    engine.done(works[0])
+    assert engine.take(10, timeout=0) == [] and engine.counters["applies"] == 0
 
 
 def test_a_push_planned_before_a_hand_off_is_sent_again_after_it():
     engine = _handed_pair()
+    # The agent holds another program for a: a repair (Apply) is planned...
     engine.reported("n1", [("x/a", engine_.Report("uid-a", "old", engine_.LOADED))], engine.clock())
+    assert engine.counters["repairs"] == 1
     engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])
-    (planned,) = engine.take(10, timeout=0)
+    planned = engine.take(10, timeout=0)
+    # ...with the group's new member for the node beside it.
+    assert [(w.rpc, w.pod) for w in planned] == [(engine_.APPLY, "x/a[Pod]"), (engine_.UPDATE_GROUPS, "")]
+    apply, groups = planned
     # a is ADDed again (a new sandbox) while that push is on its way.
     engine.program_for("x", "a", "uid-a", "n1", ["10.1.0.2"])
-    engine.done(planned, engine_.Report("uid-a", planned.push.programs.hash, engine_.LOADED))
+    engine.done(apply, engine_.Report("uid-a", apply.push.programs.hash, engine_.LOADED))
+    engine.done(groups)
     assert engine.counters["applies"] + engine.counters["map updates"] == 0   # not taken as current
     (again,) = engine.take(10, timeout=0)
     assert (again.rpc, again.pod) == (engine_.APPLY, "x/a[Pod]")
@@ -238,7 +276,9 @@ def test_a_burst_of_arrivals_within_the_coalesce_window_is_one_push():
     time.sleep(0.1)
     engine.program_for("x", "d", "uid-d", "n1", ["10.1.0.4"])    # ...and again
     taker.join(5)
-    assert [(w.rpc, w.pod) for w in rounds[0]] == [(engine_.UPDATE_MAPS, "x/a[Pod]")]
+    # One group update for the node, with both new members; nothing for a itself.
+    assert [(w.rpc, w.node) for w in rounds[0]] == [(engine_.UPDATE_GROUPS, "n1")]
+    assert rounds[0][0].push.groups == (GroupChange(_clients_group(engine), ("10.1.0.3", "10.1.0.4")),)
     engine.done(rounds[0][0])
     assert engine.take(10, timeout=0) == []                      # nothing left for a second round
 
@@ -256,3 +296,27 @@ def test_known_objects_are_those_events_brought():
     engine.load([(events.POD, pod("a", ips=["10.1.0.2"]))])
     assert engine.vanished(events.POD, [("x", "a")]) == 1
     assert engine.world.state.pods == {}
+
+
+def test_a_groups_digest_that_differs_sends_the_node_all_its_groups_whole():
+    engine = _handed_pair()
+    clients = _clients_group(engine)
+    engine.program_for("x", "c", "uid-c", "n1", ["10.1.0.3"])
+    (update,) = engine.take(10, timeout=0)
+    engine.done(update)
+    hash_ = engine.view("x/a[Pod]").hash
+    held = [("x/a", engine_.Report("uid-a", hash_, engine_.LOADED)),
+            ("x/c", engine_.Report("uid-c", engine.view("x/c[Pod]").hash, engine_.LOADED))]
+    # The agent holds what was planned: nothing to do.
+    right = engine.desired.groups_digest("n1")
+    assert right == node_groups.digest({clients: frozenset({"10.1.0.3"})})
+    engine.reported("n1", held, engine.clock(), right)
+    assert engine.take(10, timeout=0) == [] and engine.counters["group repairs"] == 0
+    # It lost them: one full UpdateGroups with every group, whole; no Apply.
+    engine.reported("n1", held, engine.clock(), node_groups.digest({}))
+    assert engine.counters["group repairs"] == 1
+    (repair,) = engine.take(10, timeout=0)
+    assert (repair.rpc, repair.node, repair.push.full) == (engine_.UPDATE_GROUPS, "n1", True)
+    assert repair.push.groups == (GroupChange(clients, ("10.1.0.3",), replace=True),)
+    engine.done(repair)
+    assert engine.take(10, timeout=0) == [] and engine.idle()

@@ -25,11 +25,11 @@ ENGINES = [pytest.param(("emulated", False), id="emulated"),
 
 def load(state: ClusterState, engine: str, use_generic: bool) -> tuple[tracing.Node, dict]:
     built = build.build(state)
-    node = tracing.Node(trace.engine(engine))
+    node = tracing.Node(trace.engine(engine), state)
     try:
         for b in built.values():
             if use_generic:
-                node.add(b.spec, *generic.programs(b.spec))
+                node.add_generic(b.spec)
             else:
                 node.add(b.spec, b.programs)
     except BaseException:

@@ -45,14 +45,16 @@ class MapSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., max_entries: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
 
 class Relocation(_message.Message):
-    __slots__ = ("slot", "map", "pseudo")
+    __slots__ = ("slot", "map", "pseudo", "group")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
     PSEUDO_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     slot: int
     map: str
     pseudo: int
-    def __init__(self, slot: _Optional[int] = ..., map: _Optional[str] = ..., pseudo: _Optional[int] = ...) -> None: ...
+    group: str
+    def __init__(self, slot: _Optional[int] = ..., map: _Optional[str] = ..., pseudo: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("direction", "insns", "relocations", "maps", "features", "instructions", "annotations")
@@ -90,8 +92,34 @@ class MapContents(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[MapEntry]
     def __init__(self, direction: _Optional[str] = ..., map: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[MapEntry, _Mapping]]] = ...) -> None: ...
 
+class NamedEndpoint(_message.Message):
+    __slots__ = ("address", "port")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class GroupChange(_message.Message):
+    __slots__ = ("group", "add", "remove", "add_endpoints", "remove_endpoints", "replace", "drop")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    ADD_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    add: _containers.RepeatedScalarFieldContainer[str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    add_endpoints: _containers.RepeatedCompositeFieldContainer[NamedEndpoint]
+    remove_endpoints: _containers.RepeatedCompositeFieldContainer[NamedEndpoint]
+    replace: bool
+    drop: bool
+    def __init__(self, group: _Optional[str] = ..., add: _Optional[_Iterable[str]] = ..., remove: _Optional[_Iterable[str]] = ..., add_endpoints: _Optional[_Iterable[_Union[NamedEndpoint, _Mapping]]] = ..., remove_endpoints: _Optional[_Iterable[_Union[NamedEndpoint, _Mapping]]] = ..., replace: _Optional[bool] = ..., drop: _Optional[bool] = ...) -> None: ...
+
 class PodProgram(_message.Message):
-    __slots__ = ("pod", "addresses", "hash", "features", "ingress", "egress", "maps")
+    __slots__ = ("pod", "addresses", "hash", "features", "ingress", "egress", "maps", "groups")
     POD_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +127,7 @@ class PodProgram(_message.Message):
     INGRESS_FIELD_NUMBER: _ClassVar[int]
     EGRESS_FIELD_NUMBER: _ClassVar[int]
     MAPS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     pod: PodRef
     addresses: _containers.RepeatedScalarFieldContainer[str]
     hash: str
@@ -106,7 +135,8 @@ class PodProgram(_message.Message):
     ingress: Program
     egress: Program
     maps: _containers.RepeatedCompositeFieldContainer[MapContents]
-    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., addresses: _Optional[_Iterable[str]] = ..., hash: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., ingress: _Optional[_Union[Program, _Mapping]] = ..., egress: _Optional[_Union[Program, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[MapContents, _Mapping]]] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[GroupChange]
+    def __init__(self, pod: _Optional[_Union[PodRef, _Mapping]] = ..., addresses: _Optional[_Iterable[str]] = ..., hash: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., ingress: _Optional[_Union[Program, _Mapping]] = ..., egress: _Optional[_Union[Program, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[MapContents, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupChange, _Mapping]]] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
     __slots__ = ("program",)
@@ -172,6 +202,22 @@ class UpdateMapsResponse(_message.Message):
     changed_entries: int
     def __init__(self, changed_entries: _Optional[int] = ...) -> None: ...
 
+class UpdateGroupsRequest(_message.Message):
+    __slots__ = ("groups", "full")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[GroupChange]
+    full: bool
+    def __init__(self, groups: _Optional[_Iterable[_Union[GroupChange, _Mapping]]] = ..., full: _Optional[bool] = ...) -> None: ...
+
+class UpdateGroupsResponse(_message.Message):
+    __slots__ = ("changed_entries", "digest")
+    CHANGED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    changed_entries: int
+    digest: str
+    def __init__(self, changed_entries: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
 class RemoveRequest(_message.Message):
     __slots__ = ("pod",)
     POD_FIELD_NUMBER: _ClassVar[int]
@@ -189,10 +235,12 @@ class ListRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("pods",)
+    __slots__ = ("pods", "groups_digest")
     PODS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     pods: _containers.RepeatedCompositeFieldContainer[PodStatus]
-    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ...) -> None: ...
+    groups_digest: str
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., groups_digest: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("pod",)

@@ -44,6 +44,11 @@ class AgentStub:
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsRequest.SerializeToString,
                 response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsResponse.FromString,
                 _registered_method=True)
+        self.UpdateGroups = channel.unary_unary(
+                '/tailor.agent.v1.Agent/UpdateGroups',
+                request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsRequest.SerializeToString,
+                response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsResponse.FromString,
+                _registered_method=True)
         self.Remove = channel.unary_unary(
                 '/tailor.agent.v1.Agent/Remove',
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.RemoveRequest.SerializeToString,
@@ -88,6 +93,13 @@ class AgentServicer:
 
     def UpdateMaps(self, request, context):
         """Replace the contents of a pod's own maps (peer churn): no program reload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateGroups(self, request, context):
+        """Change the members of node-wide groups (peer churn): no program reload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +155,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.UpdateMaps,
                     request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsRequest.FromString,
                     response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsResponse.SerializeToString,
+            ),
+            'UpdateGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateGroups,
+                    request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsRequest.FromString,
+                    response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsResponse.SerializeToString,
             ),
             'Remove': grpc.unary_unary_rpc_method_handler(
                     servicer.Remove,
@@ -229,6 +246,33 @@ class Agent:
             '/tailor.agent.v1.Agent/UpdateMaps',
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsRequest.SerializeToString,
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailor.agent.v1.Agent/UpdateGroups',
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsRequest.SerializeToString,
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

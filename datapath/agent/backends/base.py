@@ -20,6 +20,7 @@ import ipaddress
 import threading
 from collections.abc import Callable
 
+from tailor.datapath import groups as G
 from tailor.datapath import packets as pk
 from tailor.datapath import trace
 from tailor.datapath.ebpf.errors import KernelError
@@ -171,6 +172,8 @@ class Backend(abc.ABC):
         # counters() and trace() run outside the core's lock: this one keeps
         # them, and every call of the backend's own, one at a time.
         self._lock = threading.RLock()
+        # The node's peer groups: numbering, members, and who tests them.
+        self.groups = G.NodeGroups()
 
     @abc.abstractmethod
     def start(self) -> list[Adopted]:
@@ -200,6 +203,35 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def pods(self) -> list[PodState]:
         """Every attached pod."""
+
+    def update_groups(self, changes, *, full: bool = False) -> int:
+        """Change the members of node-wide groups (GroupChange) and write the
+        identity maps to match. Returns how many entries changed. Raises
+        BackendError naming the problem; then nothing changed."""
+        with self._lock:
+            try:
+                writes = self.groups.update(changes, full=full)
+            except ValueError as e:
+                raise BackendError(f"node groups: {e}") from None
+            changed = write_entries(self._node_maps(), writes)
+            self._groups_changed()
+            return changed
+
+    def groups_digest(self) -> str:
+        with self._lock:
+            return self.groups.digest()
+
+    def _resolved(self, received) -> tuple[dict[str, list], frozenset[str]]:
+        """received's programs with their group tests resolved to this
+        node's bits (and the groups they test). Raises AttachFailed."""
+        try:
+            return self.groups.resolve(received.insns)
+        except G.GroupsFull as e:
+            raise AttachFailed(f"pod {received.key}: {e}") from None
+
+    def _groups_changed(self) -> None:
+        """Hook: the numbering or wanted groups changed (the kernel backend
+        persists them)."""
 
     def counters(self, key: str) -> Counters:
         """The pod's stats maps, summed over CPUs (a direction without one
@@ -240,6 +272,10 @@ class Backend(abc.ABC):
     def _own_maps(self, key: str) -> dict[str, dict]:
         """The pod's own live maps (not the node-wide ones) as {direction:
         {map name: map object}}. Raises UnknownPod."""
+
+    @abc.abstractmethod
+    def _node_maps(self) -> dict[str, object]:
+        """The live node-wide maps by name."""
 
     @abc.abstractmethod
     def _endpoints(self) -> dict[str, Endpoint]:
@@ -287,8 +323,9 @@ def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:
 
 def scratch_node_maps(live: dict, create: Callable) -> dict:
     """Node-wide maps for a trace, made with `create(spec)`: connection
-    tracking empty (a trace is a new connection), the endpoints copied from
-    the `live` node maps, so same-node traffic is redirected as it would be."""
+    tracking empty (a trace is a new connection), the endpoints and identity
+    maps copied from the `live` node maps, so same-node traffic is
+    redirected and peers are known as they would be."""
     out = {}
     for name, spec in layout.NODE_MAPS.items():
         if name in (layout.CT4.name, layout.CT6.name):
@@ -339,6 +376,20 @@ def replace_contents(m, entries: dict[bytes, bytes]) -> int:
     for key in current.keys() - entries.keys():
         if m.delete(key):
             changed += 1
+    return changed
+
+
+def write_entries(maps: dict, writes: dict[str, dict[bytes, bytes | None]]) -> int:
+    """Write groups.Writes into map objects (None deletes). Returns how many changed."""
+    changed = 0
+    for name, entries in writes.items():
+        m = maps[name]
+        for key, value in entries.items():
+            if value is None:
+                changed += bool(m.delete(key))
+            else:
+                m.update(key, value)
+                changed += 1
     return changed
 
 

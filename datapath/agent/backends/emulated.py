@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+from tailor.datapath import groups
 from tailor.datapath.agent.backends import base
 from tailor.datapath.ebpf import vm
 from tailor.datapath import layout
@@ -62,6 +63,7 @@ class EmulatedBackend(base.Backend):
         with self._lock:
             self._pods.clear()
             self.node_maps.clear()
+            self.groups = groups.NodeGroups()
 
     # -- attach / detach -------------------------------------------------------------
 
@@ -76,16 +78,19 @@ class EmulatedBackend(base.Backend):
                 base.sync_pod_maps(key, old.maps, received)
                 old.received = received
                 return old.state(), False
-            programs, maps = self._load(received, self.node_maps)
+            insns, groups = self._resolved(received)
+            programs, maps = self._load(received, insns, self.node_maps)
             if old is not None:
                 base.drop_endpoints(self.node_maps, old.endpoint)
             pod = _Pod(endpoint, received, programs, maps)
             self._pods[key] = pod
+            self.groups.hold(key, groups)
             base.put_endpoints(self.node_maps, endpoint)
             return pod.state(), True
 
-    def _load(self, received, node_maps) -> tuple[dict, dict]:
-        """VM programs and the pod's own maps, filled from received.entries."""
+    def _load(self, received, insns: dict, node_maps) -> tuple[dict, dict]:
+        """VM programs of `insns` (received's, groups resolved) and the pod's
+        own maps, filled from received.entries."""
         programs, owned = {}, {}
         for d in layout.DIRECTIONS:
             bound, owned[d] = {}, {}
@@ -101,7 +106,7 @@ class EmulatedBackend(base.Backend):
                     raise base.AttachFailed(f"pod {received.key}: {d} map {spec.name!r}: {e}") from None
                 bound[spec.name] = owned[d][spec.name] = m
             try:
-                programs[d] = vm.Program(list(received.insns[d]), bound)
+                programs[d] = vm.Program(list(insns[d]), bound)
             except (vm.VmError, ValueError, KeyError) as e:
                 raise base.AttachFailed(f"pod {received.key}: the {d} program does not load "
                                         f"in the VM: {e}") from None
@@ -113,6 +118,7 @@ class EmulatedBackend(base.Backend):
             if pod is None:
                 return False
             base.drop_endpoints(self.node_maps, pod.endpoint)
+            self.groups.release(key)
             return True
 
     def update_maps(self, key: str, maps: dict[str, dict[str, dict[bytes, bytes]]]) -> int:
@@ -152,6 +158,9 @@ class EmulatedBackend(base.Backend):
     def _own_maps(self, key: str) -> dict[str, dict]:
         return self._pod(key).maps
 
+    def _node_maps(self) -> dict[str, vm.VmMap]:
+        return self.node_maps
+
     def _endpoints(self) -> dict[str, base.Endpoint]:
         return {k: p.endpoint for k, p in self._pods.items()}
 
@@ -163,7 +172,7 @@ class EmulatedBackend(base.Backend):
         for key in keys:
             pod = self._pods[key]
             copy = dataclasses.replace(pod.received, entries=base.scratch_entries(pod.maps))
-            programs[key], _ = self._load(copy, node_maps)
+            programs[key], _ = self._load(copy, self._resolved(copy)[0], node_maps)
 
         def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
             result = programs[key][direction].run(frame, ktime_ns=1)

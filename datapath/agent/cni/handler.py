@@ -16,15 +16,20 @@ agent core builds one CniHandler and gives it what only the core knows:
     ready() -> bool | Readiness
         whether the agent can take ADDs (STATUS).
 
-ADD = IPAM allocate -> wire the veth -> attach -> CNI result. Any failure
-undoes everything ADD made (detach, veth, addresses) before answering, and an
-attach that outlives the plugin's timeout is abandoned the same way, so a
-failed ADD never leaves an address, a veth or a program behind.
+ADD = IPAM allocate -> the veth pair -> attach, and meanwhile configure
+(addresses, routes, neighbours, links up) -> CNI result. The attach waits on
+the program source and on the kernel, the configuring on netlink; neither
+needs the other, so they overlap, and the program is on the veth before
+ADD answers, as before. Any failure undoes everything ADD made (detach,
+veth, addresses) before answering, and an attach that outlives the plugin's
+timeout is abandoned the same way, so a failed ADD never leaves an address,
+a veth or a program behind.
 DEL = detach -> teardown -> release, every step idempotent, and every step is
 tried even when one fails (the namespace may be long gone).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import threading
@@ -104,8 +109,16 @@ class CniHandler:
             raise CniFailure(protocol.ERR_IPAM_EXHAUSTED, "no pod address available", str(e)) from None
         endpoint = None
         try:
-            endpoint = self._wire(container_id, ifname, netns, allocations)
-            self._attach(request, endpoint, started)
+            endpoint = self._veth(container_id, ifname, netns, allocations)
+            attaching = _Attaching(self.attach, request, endpoint, started)
+            try:
+                self._configure(endpoint)
+            except BaseException:
+                # Let the attach end first: an attach still starting would
+                # register its pod after the undo's detach and keep it.
+                attaching.join()
+                raise
+            attaching.result()
         except BaseException:
             self._undo(container_id, ifname, ipam, program=endpoint is not None)
             raise
@@ -205,42 +218,15 @@ class CniHandler:
             raise CniFailure(protocol.ERR_INVALID_CONFIG, "invalid ipam.ranges", str(e)) from None
         return self.node_ipam.with_ranges(rangesets) if rangesets else self.node_ipam
 
-    def _wire(self, container_id: str, ifname: str, netns: str,
+    def _veth(self, container_id: str, ifname: str, netns: str,
               allocations: list[ipam_.Allocation]) -> wiring_.Endpoint:
-        try:
-            return self.wiring.create(container_id, ifname, netns, [a.address for a in allocations])
-        except wiring_.NetnsMissing as e:
-            raise CniFailure(protocol.ERR_INVALID_ENV, "invalid CNI_NETNS", str(e)) from None
-        except wiring_.WiringError as e:
-            raise CniFailure(protocol.ERR_WIRING, "could not wire the pod", str(e)) from None
+        with _wiring_failures():
+            return self.wiring.create_veth(container_id, ifname, netns,
+                                           [a.address for a in allocations])
 
-    def _attach(self, request: dict, endpoint: wiring_.Endpoint, started: float) -> None:
-        """Run attach(), bounded by the plugin's timeout minus a margin."""
-        args = request.get("args") or {}
-        pod = {"namespace": args.get("K8S_POD_NAMESPACE", ""), "name": args.get("K8S_POD_NAME", ""),
-               "uid": args.get("K8S_POD_UID", ""), "containerID": endpoint.container_id}
-        timeout = float(request["config"].get("timeoutSeconds", protocol.DEFAULT_TIMEOUT_SECONDS))
-        budget = max(0.1, min(timeout - ANSWER_MARGIN_SECONDS, timeout * 0.8)
-                     - (time.monotonic() - started))
-        box: dict = {}
-
-        def run():
-            try:
-                self.attach(pod, endpoint)
-                box["done"] = True
-            except BaseException as e:
-                box["error"] = e
-
-        worker = threading.Thread(target=run, name=f"tailor-attach-{endpoint.host_ifname}", daemon=True)
-        worker.start()
-        worker.join(budget)
-        if worker.is_alive():
-            raise CniFailure(protocol.ERR_TRY_AGAIN, "pod program not attached in time",
-                             f"attach for {pod['namespace']}/{pod['name']} took longer than {budget:.1f}s")
-        if "error" in box:
-            e = box["error"]
-            code = protocol.ERR_TRY_AGAIN if _unavailable(e) else protocol.ERR_ATTACH
-            raise CniFailure(code, "pod program not attached", f"{type(e).__name__}: {e}")
+    def _configure(self, endpoint: wiring_.Endpoint) -> None:
+        with _wiring_failures():
+            self.wiring.configure(endpoint)
 
     def _undo(self, container_id: str, ifname: str, ipam: ipam_.Ipam, program: bool) -> None:
         """Best effort: remove what a failed ADD made. A late attach finds its
@@ -254,6 +240,47 @@ class CniHandler:
                 step()
             except Exception:
                 pass   # the original failure is what the runtime needs to see
+
+
+class _Attaching:
+    """attach(pod, endpoint) on its own thread, bounded by the plugin's
+    timeout minus a margin (counted from when the request arrived), so that
+    ADD can configure the pod meanwhile and still answer in time."""
+
+    def __init__(self, attach: Attach, request: dict, endpoint: wiring_.Endpoint, started: float):
+        args = request.get("args") or {}
+        self.pod = {"namespace": args.get("K8S_POD_NAMESPACE", ""), "name": args.get("K8S_POD_NAME", ""),
+                    "uid": args.get("K8S_POD_UID", ""), "containerID": endpoint.container_id}
+        timeout = float(request["config"].get("timeoutSeconds", protocol.DEFAULT_TIMEOUT_SECONDS))
+        self.budget = max(0.1, min(timeout - ANSWER_MARGIN_SECONDS, timeout * 0.8)
+                          - (time.monotonic() - started))
+        self.deadline = time.monotonic() + self.budget
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(attach, endpoint), daemon=True,
+                                        name=f"tailor-attach-{endpoint.host_ifname}")
+        self._thread.start()
+
+    def _run(self, attach: Attach, endpoint: wiring_.Endpoint) -> None:
+        try:
+            attach(self.pod, endpoint)
+        except BaseException as e:
+            self._error = e
+
+    def join(self) -> bool:
+        """Wait until the attach ends or the budget is spent; whether it ended."""
+        self._thread.join(max(0.0, self.deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+    def result(self) -> None:
+        """Return once attached; CniFailure when the attach failed or is late."""
+        if not self.join():
+            raise CniFailure(protocol.ERR_TRY_AGAIN, "pod program not attached in time",
+                             f"attach for {self.pod['namespace']}/{self.pod['name']} took longer "
+                             f"than {self.budget:.1f}s")
+        if self._error is not None:
+            e = self._error
+            code = protocol.ERR_TRY_AGAIN if _unavailable(e) else protocol.ERR_ATTACH
+            raise CniFailure(code, "pod program not attached", f"{type(e).__name__}: {e}")
 
 
 # A row added to protocol.COMMANDS without its method stops the agent at
@@ -273,6 +300,17 @@ def _attachment(request: dict, netns_required: bool = True) -> tuple[str, str, s
     if not container_id or not ifname or (netns_required and not netns):
         raise CniFailure(protocol.ERR_INVALID_ENV, "request lacks containerID, ifname or netns")
     return container_id, ifname, netns
+
+
+@contextlib.contextmanager
+def _wiring_failures():
+    """The wiring's errors as the CNI codes ADD answers."""
+    try:
+        yield
+    except wiring_.NetnsMissing as e:
+        raise CniFailure(protocol.ERR_INVALID_ENV, "invalid CNI_NETNS", str(e)) from None
+    except wiring_.WiringError as e:
+        raise CniFailure(protocol.ERR_WIRING, "could not wire the pod", str(e)) from None
 
 
 def _unavailable(e: BaseException) -> bool:

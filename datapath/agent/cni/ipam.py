@@ -140,10 +140,12 @@ class Ipam:
         if not self.rangesets:
             raise IpamError("no pod CIDR configured (agent flags or ipam.ranges)")
         with self._locked():
-            held = [a for a in self.allocated() if a.key == (container_id, ifname)]
+            existing = self._scan()   # once: it reads every address file
+            held = sorted((a for a in existing if a.key == (container_id, ifname)),
+                          key=lambda a: (a.address.version, a.address))
             if held:
                 return [dataclasses.replace(a, range=self._range_of(a.address)) for a in held]
-            taken = {a.address for a in self._scan()}
+            taken = {a.address for a in existing}
             out: list[Allocation] = []
             try:
                 for ranges in self.rangesets:

@@ -1,7 +1,10 @@
-"""A pod's veth pair, addresses, routes and neighbours, through pyroute2.
+"""A pod's veth pair, addresses, routes and neighbours.
 
-Called by handler.CniHandler for ADD (create), DEL and GC (teardown), CHECK
-(check); GC also lists what exists (host_attachments).
+Called by handler.CniHandler for ADD (create_veth, then configure while the
+pod's program is being attached; `create` does both), DEL and GC
+(teardown), CHECK (check); GC also lists what exists (host_attachments).
+ADD and DEL write through rtnl.py, one netlink batch per namespace; CHECK
+and GC read back through pyroute2.
 
 What ADD builds, for a pod with 10.244.1.7 and fd00:10:244:1::7:
 
@@ -48,17 +51,17 @@ from collections.abc import Iterable, Sequence
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tailor.datapath.agent.cni import rtnl
+
 GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
 GATEWAY_V6 = ipaddress.IPv6Address("fe80::1")
 HOST_PREFIX = "tl"
 ALIAS_PREFIX = "tailor:"
 HOST_NAME = re.compile(r"^tl[0-9a-f]{11}$")
 
-NUD_PERMANENT = 0x80
-RT_SCOPE_LINK = 253
-IFA_F_NODAD = 0x02
+NUD_PERMANENT = rtnl.NUD_PERMANENT
 CLONE_NEWNET = 0x40000000
-NETLINK_ROUTE = 0
+NETLINK_ROUTE = rtnl.NETLINK_ROUTE
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -105,86 +108,115 @@ class Wiring:
 
     def create(self, container_id: str, ifname: str, netns: str,
                addresses: Sequence[Address]) -> Endpoint:
-        """Wire the attachment. On failure whatever was made is removed and
-        WiringError (NetnsMissing when the namespace isn't there) is raised."""
+        """Wire the attachment whole: create_veth, then configure. On failure
+        whatever was made is removed and WiringError (NetnsMissing when the
+        namespace isn't there) is raised."""
+        endpoint = self.create_veth(container_id, ifname, netns, addresses)
+        try:
+            self.configure(endpoint)
+        except BaseException:
+            self._delete_host(endpoint.host_ifname)
+            raise
+        return endpoint
+
+    def create_veth(self, container_id: str, ifname: str, netns: str,
+                    addresses: Sequence[Address]) -> Endpoint:
+        """The veth pair, both ends down and without addresses, and the
+        Endpoint a program attaches to. The MACs are chosen here (random,
+        locally administered, as the kernel would) so that nothing has to be
+        read back. On failure nothing is left (WiringError, NetnsMissing)."""
         host = host_ifname(container_id, ifname)
         addresses = list(addresses)
+        host_mac, pod_mac = _random_mac(), _random_mac()
         try:
             nsfd = os.open(netns, os.O_RDONLY)
         except OSError as e:
             raise NetnsMissing(f"network namespace {netns}: {e.strerror}") from None
         try:
-            with _node() as ipr:
+            with contextlib.closing(rtnl.open_socket()) as node:
+                self._add_veth(node, host, host_mac, ifname, pod_mac, nsfd,
+                               f"{ALIAS_PREFIX}{container_id}/{ifname}")
                 try:
-                    self._add_veth(ipr, host, ifname, nsfd)
-                except NetlinkError as e:
-                    raise WiringError(f"creating veth {host} <-> {ifname}: {_why(e)}") from None
-                try:
-                    return self._configure(ipr, container_id, ifname, netns, nsfd, host, addresses)
+                    host_idx = socket.if_nametoindex(host)
+                    pod_idx = _in_netns(netns, nsfd, _pod_index, netns, ifname)
                 except BaseException:
                     self._delete_host(host)
                     raise
+        except OSError as e:
+            raise WiringError(f"host side {host}: {_why(e)}") from None
         finally:
             os.close(nsfd)
-
-    def _add_veth(self, ipr: IPRoute, host: str, ifname: str, nsfd: int) -> None:
-        extra = {"mtu": self.mtu} if self.mtu else {}
-        peer = {"ifname": ifname, "net_ns_fd": nsfd, **extra}
-        try:
-            ipr.link("add", ifname=host, kind="veth", peer=peer, **extra)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-            # A host side left by an ADD that died half-way: same attachment,
-            # so it is ours to replace.
-            self._delete_host(host)
-            ipr.link("add", ifname=host, kind="veth", peer=peer, **extra)
-
-    def _configure(self, ipr: IPRoute, container_id: str, ifname: str, netns: str, nsfd: int,
-                   host: str, addresses: list[Address]) -> Endpoint:
-        try:
-            (host_idx,) = ipr.link_lookup(ifname=host)
-            host_mac = ipr.get_links(host_idx)[0].get("address")
-            ipr.link("set", index=host_idx, ifalias=f"{ALIAS_PREFIX}{container_id}/{ifname}")
-        except (NetlinkError, ValueError) as e:
-            raise WiringError(f"host side {host}: {_why(e)}") from None
-        ipv6 = (ifname, any(a.version == 6 for a in addresses))
-        if not ipv6[1]:
-            _set_ipv6(host, False)             # the host side's own IPv6 chatter too
-        try:
-            with _pod(netns, nsfd, ipv6=ipv6) as pod:
-                links = pod.link_lookup(ifname=ifname)
-                if not links:
-                    raise WiringError(f"{ifname} did not appear in {netns}")
-                pod_idx = links[0]
-                pod_mac = pod.get_links(pod_idx)[0].get("address")
-                for addr in addresses:
-                    pod.addr("add", index=pod_idx, address=str(addr), prefixlen=addr.max_prefixlen,
-                             **({"flags": IFA_F_NODAD} if addr.version == 6 else {}))
-                pod.link("set", index=pod_idx, state="up")
-                for version in sorted({a.version for a in addresses}):
-                    gw = GATEWAY_V4 if version == 4 else GATEWAY_V6
-                    family = socket.AF_INET if version == 4 else socket.AF_INET6
-                    pod.neigh("add", dst=str(gw), lladdr=host_mac, ifindex=pod_idx,
-                              state=NUD_PERMANENT, family=family)
-                    if version == 4:   # fe80::/64 is on-link already
-                        pod.route("add", dst=f"{gw}/32", oif=pod_idx, scope=RT_SCOPE_LINK)
-                    default = "0.0.0.0/0" if version == 4 else "::/0"
-                    pod.route("add", dst=default, gateway=str(gw), oif=pod_idx, family=family)
-        except NetlinkError as e:
-            raise WiringError(f"configuring {ifname} in {netns}: {_why(e)}") from None
-        try:
-            ipr.link("set", index=host_idx, state="up")
-            for addr in addresses:
-                family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-                ipr.route("add", dst=f"{addr}/{addr.max_prefixlen}", oif=host_idx,
-                          scope=RT_SCOPE_LINK, family=family)
-                ipr.neigh("add", dst=str(addr), lladdr=pod_mac, ifindex=host_idx,
-                          state=NUD_PERMANENT, family=family)
-        except NetlinkError as e:
-            raise WiringError(f"host routes via {host}: {_why(e)}") from None
         return Endpoint(container_id, ifname, netns, host, host_idx, host_mac, pod_idx, pod_mac,
                         tuple(ipaddress.ip_interface(f"{a}/{a.max_prefixlen}") for a in addresses))
+
+    def _add_veth(self, node, host: str, host_mac: str, ifname: str, pod_mac: str, nsfd: int,
+                  alias: str) -> None:
+        def add():
+            batch = rtnl.Batch()
+            batch.veth(host, host_mac, ifname, pod_mac, nsfd, self.mtu)
+            batch.alias(host, alias)
+            batch.send(node)
+
+        try:
+            try:
+                add()
+            except rtnl.NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                # A host side left by an ADD that died half-way: same attachment,
+                # so it is ours to replace.
+                self._delete_host(host)
+                add()
+        except rtnl.NetlinkError as e:
+            self._delete_host(host)   # the veth may be there without its alias
+            raise WiringError(str(e)) from None
+
+    def configure(self, endpoint: Endpoint) -> None:
+        """IPv6 set as the addresses ask (before either end comes up), the
+        addresses, the gateway's neighbour and routes in the pod, both ends
+        up, the host's routes and neighbours to the pod: one netlink batch in
+        each namespace. WiringError on failure; the caller removes the veth
+        (teardown), which removes all of this with it.
+
+        The IPv6 settings are /proc/sys writes, and turning IPv6 off takes
+        the RTNL lock with a trylock that the kernel retries until it wins:
+        behind other pods' program attaches (each holds RTNL through an RCU
+        grace period) it can wait tens of ms, which is why it is done here,
+        while this pod's program is being attached, not before."""
+        ep = endpoint
+        has_ipv6 = any(a.version == 6 for a in ep.addresses)
+        pod = rtnl.Batch()
+        for iface in ep.addresses:
+            pod.address(ep.pod_ifindex, iface.ip, nodad=iface.version == 6)
+        pod.up(ep.pod_ifindex, ep.ifname)
+        for version in sorted({a.version for a in ep.addresses}):
+            gw = GATEWAY_V4 if version == 4 else GATEWAY_V6
+            pod.neighbour(ep.pod_ifindex, gw, ep.host_mac)
+            if version == 4:   # fe80::/64 is on-link already
+                pod.route(ep.pod_ifindex, ipaddress.ip_network(f"{gw}/32"))
+            pod.route(ep.pod_ifindex, ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0"),
+                      gateway=gw)
+        node = rtnl.Batch()
+        node.up(ep.host_ifindex, ep.host_ifname)
+        for iface in ep.addresses:
+            node.route(ep.host_ifindex, iface.network)
+            node.neighbour(ep.host_ifindex, iface.ip, ep.pod_mac)
+        sock = _in_netns(ep.netns, None, _pod_socket, ep.ifname, has_ipv6)
+        try:
+            pod.send(sock)
+        except rtnl.NetlinkError as e:
+            raise WiringError(f"configuring {ep.ifname} in {ep.netns}: {e}") from None
+        finally:
+            sock.close()
+        try:
+            if not has_ipv6:
+                _set_ipv6(ep.host_ifname, False)   # the host side's own IPv6 chatter too
+            with contextlib.closing(rtnl.open_socket()) as sock:
+                node.send(sock)
+        except OSError as e:
+            raise WiringError(f"host side {ep.host_ifname}: {e}") from None
+        except rtnl.NetlinkError as e:
+            raise WiringError(f"host routes via {ep.host_ifname}: {e}") from None
 
     # -- DEL / GC -----------------------------------------------------------------
 
@@ -208,16 +240,16 @@ class Wiring:
         return out
 
     def _delete_host(self, host: str) -> bool:
-        with _node() as ipr:
-            try:
-                ipr.link("del", ifname=host)
-                return True
-            except NetlinkError as e:
-                if e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-                    return False
-                raise WiringError(f"deleting {host}: {_why(e)}") from None
-            except (KeyError, IndexError):   # pyroute2 found no such name
+        batch = rtnl.Batch()
+        batch.delete(host)
+        try:
+            with contextlib.closing(rtnl.open_socket()) as sock:
+                batch.send(sock)
+            return True
+        except rtnl.NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 return False
+            raise WiringError(str(e)) from None
 
     # -- CHECK --------------------------------------------------------------------
 
@@ -272,21 +304,17 @@ def _node() -> IPRoute:
 
 
 @contextlib.contextmanager
-def _pod(netns: str, nsfd: int | None = None, ipv6: tuple[str, bool] | None = None):
-    """IPRoute inside the pod's netns.
+def _pod(netns: str):
+    """IPRoute inside the pod's netns (CHECK reads it back).
 
     The netlink socket is opened by a short-lived thread that has entered the
     namespace (setns changes only the calling thread's namespace, and the
     thread ends there): the same socket `IPRoute(netns=path)` gets, without
-    the helper process pyroute2 forks for it, which a 200-pod burst would pay
-    200 times. The thread also sets `ipv6` = (interface, has IPv6): DAD off,
-    or IPv6 off — /proc/sys/net writes that netlink cannot do."""
+    the helper process pyroute2 forks for it."""
     def inside():
-        if ipv6:
-            _set_ipv6(*ipv6)
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach()
 
-    fd = _in_netns(netns, nsfd, inside)
+    fd = _in_netns(netns, None, inside)
     try:
         ipr = IPRoute(fileno=fd, groups=0)
     except BaseException:
@@ -296,6 +324,29 @@ def _pod(netns: str, nsfd: int | None = None, ipv6: tuple[str, bool] | None = No
         yield ipr
     finally:
         ipr.close()
+
+
+def _pod_index(netns: str, ifname: str) -> int:
+    """Inside the pod's netns: the new interface's index."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise WiringError(f"{ifname} did not appear in {netns}") from None
+
+
+def _pod_socket(ifname: str, has_ipv6: bool) -> socket.socket:
+    """Inside the pod's netns: the interface's IPv6 set as its addresses ask
+    (DAD off, or IPv6 off — /proc/sys/net writes that netlink cannot do),
+    and a netlink socket that stays in this namespace."""
+    _set_ipv6(ifname, has_ipv6)
+    return rtnl.open_socket()
+
+
+def _random_mac() -> str:
+    """A random unicast, locally administered MAC: what the kernel gives a veth."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def _in_netns(netns: str, nsfd: int | None, fn, *args):

@@ -18,7 +18,7 @@ rejects never reaches a link; the old one stays in force.
 
 Trace (base.Backend.trace) runs BPF_PROG_TEST_RUN on scratch copies of the
 pods' programs, loaded for the trace against fresh connection tracking,
-fresh counters, and copies of the live endpoints and peer maps, all closed
+fresh counters, and copies of the live endpoints and identity maps, all closed
 when the trace is done.
 """
 from __future__ import annotations
@@ -47,6 +47,7 @@ class KernelBackend(base.Backend):
             state_dir or os.path.join(persistence.DEFAULT_STATE_DIR, node), netns)
         self.node_maps: dict[str, kernel.KernelMap] = {}
         self._pods: dict[str, persistence.Pod] = {}
+        self._saved_groups: dict | None = None      # groups.json as last written
 
     # -- start / stop ----------------------------------------------------------------
 
@@ -54,6 +55,8 @@ class KernelBackend(base.Backend):
         with self._lock:
             self.store.make_dirs()
             self.store.open_node_maps(self.node_maps)
+            self.groups = self.store.read_groups(self.node_maps)
+            self._saved_groups = self.groups.to_json()
             pinned = self.store.pinned()
             adopted = []
             for dirname in pinned:
@@ -61,8 +64,12 @@ class KernelBackend(base.Backend):
                 if pod is not None:
                     self._pods[pod.key] = pod
                     base.put_endpoints(self.node_maps, pod.endpoint)
+                    if pod.received is not None:
+                        self.groups.hold(pod.key, frozenset(
+                            i.group for insns in pod.received.insns.values() for i in insns if i.group))
                     adopted.append(base.Adopted(self._pod_state(pod), pod.endpoint, pod.received))
             self.store.forget_unpinned(pinned)
+            self._groups_changed()
             return adopted
 
     def stop(self) -> None:
@@ -92,7 +99,8 @@ class KernelBackend(base.Backend):
                                     or old.endpoint.host_ifindex != endpoint.host_ifindex):
                 self.detach(key)
                 old = None
-            new = self._load(received)
+            insns, groups = self._resolved(received)
+            new = self._load(received, insns)
             try:
                 if old is None:
                     pod = self._attach_new(endpoint, received, new)
@@ -106,9 +114,17 @@ class KernelBackend(base.Backend):
                 base.drop_endpoints(self.node_maps, old.endpoint)
             self._pods[key] = pod
             base.put_endpoints(self.node_maps, endpoint)
+            self.groups.hold(key, groups)
+            self._groups_changed()
             return self._pod_state(pod), True
 
-    def _load(self, received) -> dict[str, persistence.Side]:
+    def _groups_changed(self) -> None:
+        saved = self.groups.to_json()
+        if saved != self._saved_groups:
+            self.store.write_groups(self.groups)
+            self._saved_groups = saved
+
+    def _load(self, received, insns: dict) -> dict[str, persistence.Side]:
         """Both programs and their own maps, filled; by fd only, nothing pinned."""
         sides: dict[str, persistence.Side] = {}
         try:
@@ -127,7 +143,7 @@ class KernelBackend(base.Backend):
                         m.update(k, v)
                 sides[d] = persistence.Side(None, None, own)
                 name = f"tl{d[0]}_{received.hash[:10]}"
-                sides[d].prog = kernel.KernelProgram.load(received.insns[d], bound, name=name)
+                sides[d].prog = kernel.KernelProgram.load(insns[d], bound, name=name)
         except (errors.KernelError, ValueError) as e:
             for side in sides.values():
                 side.close()
@@ -210,6 +226,8 @@ class KernelBackend(base.Backend):
             self.store.remove(pod.dirname)
             base.drop_endpoints(self.node_maps, pod.endpoint)
             pod.close()
+            self.groups.release(key)
+            self._groups_changed()
             return True
 
     def _unlink(self, sides: dict[str, persistence.Side]) -> None:
@@ -275,6 +293,9 @@ class KernelBackend(base.Backend):
     def _own_maps(self, key: str) -> dict[str, dict]:
         return _own(self._pod(key))
 
+    def _node_maps(self) -> dict[str, kernel.KernelMap]:
+        return self.node_maps
+
     def _endpoints(self) -> dict[str, base.Endpoint]:
         return {k: p.endpoint for k, p in self._pods.items()}
 
@@ -308,6 +329,7 @@ class KernelBackend(base.Backend):
             raise ValueError(f"pod {pod.key}: its program could not be read back after a "
                              "restart; apply it again to trace it")
         entries = base.scratch_entries(_own(pod))
+        insns, _ = self._resolved(pod.received)
         progs = {}
         for d in layout.DIRECTIONS:
             bound = {}
@@ -318,7 +340,7 @@ class KernelBackend(base.Backend):
                 bound[spec.name] = m = create(spec)
                 for k, v in entries[d].get(spec.name, {}).items():
                     m.update(k, v)
-            progs[d] = kernel.KernelProgram.load(pod.received.insns[d], bound, name=f"tltrace_{d[0]}")
+            progs[d] = kernel.KernelProgram.load(insns[d], bound, name=f"tltrace_{d[0]}")
             owned.append(progs[d])
         return progs
 

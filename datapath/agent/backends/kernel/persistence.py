@@ -21,6 +21,9 @@ State files (a plain directory, default /var/lib/tailor/<node>), each
 written to a temporary file, synced and renamed over the old one, so a
 crash leaves the old file or the new one, never half of either:
 
+    groups.json                             the node's numbering of peer groups and which
+                                            groups the program source wants here (their
+                                            members are read back from the pinned ids/ports maps)
     pods/<ns>_<name>_<uid>/meta.json        hash, features, addresses, endpoint, instructions
     pods/<ns>_<name>_<uid>/program.pb       the PodProgram message in force (wire.received_to_proto)
     pods/<ns>_<name>_<uid>/meta.next.json   } only while a swap is under way
@@ -40,7 +43,7 @@ import json
 import os
 import shutil
 
-from tailor.datapath import layout
+from tailor.datapath import groups, layout
 from tailor.datapath.agent import wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.backends import base
@@ -169,6 +172,24 @@ class Store:
                 m = kernel.KernelMap.create(spec)
                 m.pin(path)
             node_maps[name] = m
+
+    def read_groups(self, node_maps: dict[str, kernel.KernelMap]) -> groups.NodeGroups:
+        """The node's groups as they were: groups.json and the pinned identity maps."""
+        path = os.path.join(self.state_dir, "groups.json")
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            saved = {}
+        except (OSError, ValueError) as e:
+            raise base.BackendError(f"{path}: {e}; remove it and the pinned ids/ports maps "
+                                    "to start the node's groups afresh") from None
+        names = [m.name for m in (*layout.IDS_MAPS.values(), *layout.PORTS_MAPS.values())]
+        return groups.NodeGroups.restore(saved, {n: dict(node_maps[n].items()) for n in names})
+
+    def write_groups(self, node_groups: groups.NodeGroups) -> None:
+        _write_atomic(os.path.join(self.state_dir, "groups.json"),
+                      json.dumps(node_groups.to_json(), sort_keys=True).encode())
 
     # -- adoption --------------------------------------------------------------------
 
