@@ -103,6 +103,20 @@ class NodeGroups:
     def legend(self) -> dict[str, int]:
         return dict(self._bit)
 
+    def claim(self, group: str, bit: int) -> bool:
+        """A loaded program was resolved with `bit` for `group`: keep that
+        numbering if the registry can (the group has that bit, or has none
+        and the bit is free). False when it cannot: the program must be
+        resolved again."""
+        if group in self._bit:
+            return self._bit[group] == bit
+        kind = kind_of(group)
+        if bit in self._used[kind] or not 0 <= bit < CAPACITY[kind]:
+            return False
+        self._bit[group] = bit
+        self._used[kind].add(bit)
+        return True
+
     def resolve(self, programs: dict[str, list[isa.Insn]]) -> tuple[dict[str, list[isa.Insn]], frozenset[str]]:
         """(the programs with every group test resolved to this node's bits,
         the groups they test). Raises GroupsFull, allocating nothing, when

@@ -2,13 +2,19 @@
 # Installs what tailor needs on Debian bookworm (apt + pip) and mounts bpffs.
 # Idempotent: packages already present are not fetched again.
 #   scripts/install-deps.sh          runtime only
-#   scripts/install-deps.sh --test   plus what the test suite compares against
+#   scripts/install-deps.sh --bench  plus what `python -m benchmarks` compares against
+#   scripts/install-deps.sh --test   plus what the test suite compares against (the
+#                                    benchmarks' too: the suite runs their smoke run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-}"
 
 apt_pkgs=(libbpf1 iproute2 util-linux)   # util-linux: nsenter
 # llvm-mc/objdump 19: the assembler's reference; bpftool: an independent view of links.
-[[ "${1:-}" == "--test" ]] && apt_pkgs+=(llvm-19 bpftool)
+[[ "$mode" == "--test" ]] && apt_pkgs+=(llvm-19 bpftool)
+# clang: the compile benchmark's baseline (equivalent C, -O2 -target bpf); iperf3:
+# the data plane's throughput; nftables: the data plane's baseline policy.
+[[ "$mode" == "--test" || "$mode" == "--bench" ]] && apt_pkgs+=(clang iperf3 nftables)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -21,15 +27,19 @@ if ((${#missing[@]})); then
     fi
     echo "install-deps: apt-get install ${missing[*]}" >&2
     apt-get update -qq
+    # iperf3's package asks whether to start a daemon; the benchmarks start their own.
+    echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # lab: kmock, the API server of `tailor lab up --control operator` (make run).
+# bench: matplotlib, the benchmark report's plots.
 extras="[lab]"
-[[ "${1:-}" == "--test" ]] && extras="[lab,test]"
+[[ "$mode" == "--bench" ]] && extras="[lab,bench]"
+[[ "$mode" == "--test" ]] && extras="[lab,test,bench]"
 echo "install-deps: pip install -e .${extras}" >&2
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "$mode" == "--test" ]]; then
     # Helm as a library, to lint the chart and install it into the kmock API
     # emulator (tests/charts, tests/operator). helm-sdkpy declares Python >= 3.12
     # but works on 3.11, hence --ignore-requires-python.

@@ -28,20 +28,29 @@ _STATES = {base.State.PENDING: pb.PENDING, base.State.LOADED: pb.LOADED,
            base.State.FAILED: pb.FAILED}
 
 
+def _status_of(e: Exception) -> grpc.StatusCode:
+    """The gRPC status code an error of the core's means."""
+    if isinstance(e, core.NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(e, (core.InvalidRequest, ValueError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(e, base.BackendError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+def _details(e: Exception) -> str:
+    return str(e) if _status_of(e) != grpc.StatusCode.INTERNAL else f"{type(e).__name__}: {e}"
+
+
 def _errors_as_status(method):
     """Core errors -> gRPC status codes with the message as details."""
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except core.NotFound as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        except (core.InvalidRequest, ValueError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except base.BackendError as e:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except Exception as e:   # noqa: BLE001 - the client must hear of it, not a hang
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            context.abort(_status_of(e), _details(e))
     return wrapper
 
 
@@ -71,14 +80,27 @@ class AgentServicer(rpc.AgentServicer):
 
     @_errors_as_status
     def Apply(self, request, context):
+        return self._apply(request.program)
+
+    def _apply(self, program: pb.PodProgram) -> pb.ApplyResponse:
         try:
-            received = wire.from_proto(request.program)
+            received = wire.from_proto(program)
         except ValueError as e:
-            ref = request.program.pod
+            ref = program.pod
             raise core.InvalidRequest(f"pod {ref.namespace}/{ref.name}: {e}") from None
-        _pod_ref(request.program.pod)
+        _pod_ref(program.pod)
         state, changed = self.core.apply(received)
         return pb.ApplyResponse(status=status_message(state), changed=changed)
+
+    @_errors_as_status
+    def ApplyBatch(self, request, context):
+        results = []
+        for program in request.programs:
+            try:
+                results.append(pb.ApplyResult(response=self._apply(program)))
+            except Exception as e:   # noqa: BLE001 - one program's failure is its own
+                results.append(pb.ApplyResult(code=_status_of(e).name, details=_details(e)))
+        return pb.ApplyBatchResponse(results=results)
 
     @_errors_as_status
     def UpdateMaps(self, request, context):

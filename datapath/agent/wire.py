@@ -100,7 +100,10 @@ def _map_spec(m: MapSpec) -> pb.MapSpec:
 def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
     """Message -> (instructions with map refs and annotations, map specs).
     Raises ValueError naming the problem for a malformed message."""
-    insns = isa.decode(msg.insns)
+    try:
+        insns = isa.decode(msg.insns, list(msg.annotations) if msg.annotations else None)
+    except ValueError as e:
+        raise ValueError(f"{msg.direction} program: {e}") from None
     by_slot, slot = {}, 0
     for i, insn in enumerate(insns):
         by_slot[slot] = i
@@ -118,11 +121,6 @@ def program_from_proto(msg: pb.Program) -> tuple[list[isa.Insn], list[MapSpec]]:
             raise ValueError(f"{msg.direction} program: relocation names map {rel.map!r}, "
                              "which the program does not declare")
         insns[i] = dataclasses.replace(insns[i], ref=rel.map)
-    if msg.annotations:
-        if len(msg.annotations) != len(insns):
-            raise ValueError(f"{msg.direction} program: {len(msg.annotations)} annotations "
-                             f"for {len(insns)} instructions")
-        insns = [dataclasses.replace(i, comment=c or None) for i, c in zip(insns, msg.annotations)]
     return insns, list(specs.values())
 
 

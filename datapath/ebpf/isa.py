@@ -175,25 +175,24 @@ def encode(insns) -> bytes:
     return b"".join(encode_one(i) for i in insns)
 
 
-def decode(data: bytes) -> list[Insn]:
+def decode(data: bytes, comments=None) -> list[Insn]:
     """Raw instruction bytes (8 per slot) -> instructions. Immediates and
-    offsets come back signed; a LD_IMM64's imm is the unsigned 64-bit value."""
+    offsets come back signed; a LD_IMM64's imm is the unsigned 64-bit value.
+    `comments`: one per instruction ("" for none), given to each as it is made."""
     if len(data) % SLOT:
         raise ValueError(f"instruction bytes must be a multiple of 8, got {len(data)}")
     out: list[Insn] = []
-    i = 0
-    while i < len(data):
-        code, regs, off, imm = struct.unpack_from("<BBhi", data, i)
+    slots = struct.iter_unpack("<BBhi", data)
+    for n, (code, regs, off, imm) in enumerate(slots):
+        comment = (comments[len(out)] or None) if comments is not None and len(out) < len(comments) else None
         if code == OPCODE_LD_IMM64:
-            if i + 2 * SLOT > len(data):
-                raise ValueError(f"LD_IMM64 at slot {i // SLOT} is missing its second slot")
-            _, _, _, hi = struct.unpack_from("<BBhi", data, i + SLOT)
-            imm64 = (imm & 0xFFFFFFFF) | ((hi & 0xFFFFFFFF) << 32)
-            out.append(Insn(code, regs & 0xF, regs >> 4, off, imm64))
-            i += 2 * SLOT
-        else:
-            out.append(Insn(code, regs & 0xF, regs >> 4, off, imm))
-            i += SLOT
+            second = next(slots, None)
+            if second is None:
+                raise ValueError(f"LD_IMM64 at slot {n} is missing its second slot")
+            imm = (imm & 0xFFFFFFFF) | ((second[3] & 0xFFFFFFFF) << 32)
+        out.append(Insn(code, regs & 0xF, regs >> 4, off, imm, comment=comment))
+    if comments is not None and len(comments) != len(out):
+        raise ValueError(f"{len(comments)} annotations for {len(out)} instructions")
     return out
 
 

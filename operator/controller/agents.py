@@ -78,6 +78,11 @@ def request_for(work: engine_.Work):
     return pb.RemoveRequest(pod=ref)
 
 
+def batch_request_for(works: list[engine_.Work]) -> pb.ApplyBatchRequest:
+    """One ApplyBatch for several Apply works of one node."""
+    return pb.ApplyBatchRequest(programs=[request_for(w).program for w in works])
+
+
 def report_of(status: pb.PodStatus) -> engine_.Report:
     return engine_.Report(status.pod.uid, status.hash, _STATES.get(status.state, engine_.PENDING),
                           status.message)

@@ -36,7 +36,7 @@ class Config:
     request_timeout: float = 30.0
     # Pushing and repairing.
     push_timeout: float = 10.0           # one Apply/UpdateMaps/UpdateGroups/Remove RPC
-    push_chunk: int = 32                 # pods planned (compiled) per lock hold
+    push_chunk: int = 128                # pods planned (compiled) per lock hold: one round of RPCs
     push_coalesce: float = 0.0           # wait after work appears, to plan a burst at once
     retry_first: float = 0.2             # backoff after a failed push, doubling...
     retry_max: float = 10.0              # ...up to this

@@ -9,7 +9,9 @@ engine's lock; the RPCs are then sent all at once (gRPC futures, every node
 in parallel) and each outcome recorded: done() remembers what the agent
 holds, so an unchanged pod is never sent again; failed() plans the pod again
 after a backoff. A pod's pushes never overlap (one round at a time), so an
-Apply and a later UpdateMaps of the same pod arrive in order.
+Apply and a later UpdateMaps of the same pod arrive in order. A round's
+Applies go to each agent as one ApplyBatch; every pod in it has its own
+outcome.
 
 Before the first round after the initial listing it asks every agent what it
 holds (reconcile.Reconciler.refresh): a program an agent already has is
@@ -23,7 +25,7 @@ import threading
 import grpc
 
 from tailor.operator.controller import engine as engine_
-from tailor.operator.controller.agents import Agents, NoAgent, report_of, request_for
+from tailor.operator.controller.agents import Agents, NoAgent, batch_request_for, report_of, request_for
 
 log = logging.getLogger("tailor.operator.pusher")
 
@@ -68,6 +70,7 @@ class Pusher:
 
     def _send(self, works: list[engine_.Work]) -> None:
         flying = []
+        applies: dict[str, list[engine_.Work]] = {}
         for work in works:
             if work.rpc == engine_.UPDATE_MAPS and not work.maps:
                 self.engine.done(work)              # nothing to change on the agent
@@ -77,16 +80,46 @@ class Pusher:
             except NoAgent as e:
                 self.engine.failed(work, "NO_AGENT", str(e))
                 continue
+            if work.rpc == engine_.APPLY:
+                applies.setdefault(work.node, []).append(work)
+                continue
             call = getattr(stub, work.rpc)
-            flying.append((work, call.future(request_for(work), timeout=self.timeout)))
-        for work, future in flying:
+            flying.append(([work], call.future(request_for(work), timeout=self.timeout)))
+        # One call per agent for the round's Applies: a call costs more than
+        # a program does to send.
+        for node, batch in applies.items():
+            future = self.agents.stub(node).ApplyBatch.future(batch_request_for(batch),
+                                                              timeout=self.timeout)
+            flying.append((batch, future))
+        for batch, future in flying:
             try:
                 answer = future.result()
             except grpc.RpcError as e:
-                log.warning("%s %s on node %s: %s: %s", work.rpc, work.pod, work.node,
-                            e.code().name, e.details())
+                if batch[0].rpc == engine_.APPLY and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._one_by_one(batch)         # an agent from before ApplyBatch
+                    continue
+                for work in batch:
+                    log.warning("%s %s on node %s: %s: %s", work.rpc, work.pod, work.node,
+                                e.code().name, e.details())
+                    self.engine.failed(work, e.code().name, e.details() or "")
+                continue
+            if batch[0].rpc != engine_.APPLY:
+                log.debug("%s %s on node %s", batch[0].rpc, batch[0].pod, batch[0].node)
+                self.engine.done(batch[0])
+                continue
+            for work, result in zip(batch, answer.results):
+                if result.code:
+                    log.warning("Apply %s on node %s: %s: %s", work.pod, work.node, result.code,
+                                result.details)
+                    self.engine.failed(work, result.code, result.details)
+                else:
+                    self.engine.done(work, report_of(result.response.status))
+
+    def _one_by_one(self, works: list[engine_.Work]) -> None:
+        for work in works:
+            try:
+                answer = self.agents.stub(work.node).Apply(request_for(work), timeout=self.timeout)
+            except grpc.RpcError as e:
                 self.engine.failed(work, e.code().name, e.details() or "")
                 continue
-            status = report_of(answer.status) if work.rpc == engine_.APPLY else None
-            log.debug("%s %s on node %s", work.rpc, work.pod, work.node)
-            self.engine.done(work, status)
+            self.engine.done(work, report_of(answer.status))

@@ -81,6 +81,24 @@ def test_apply_is_idempotent_by_hash(agent, programs):
     assert not stub.Apply(pb.ApplyRequest(program=other)).changed
 
 
+def test_apply_batch_gives_each_program_its_own_outcome(agent, programs):
+    """ApplyBatch: each program applied as its own Apply; a malformed one
+    fails alone, with the code and details its Apply would have had."""
+    c, stub = agent
+    broken = pb.PodProgram()
+    broken.CopyFrom(programs["other"])
+    broken.ingress.insns = b"\x00" * 7                   # not a whole instruction
+    answer = stub.ApplyBatch(pb.ApplyBatchRequest(programs=[programs["server"], broken, programs["client"]]))
+    first, bad, last = answer.results
+    assert first.response.changed and first.response.status.state == pb.PENDING and not first.code
+    assert bad.code == "INVALID_ARGUMENT" and "app/other" in bad.details and "multiple of 8" in bad.details
+    assert last.response.status.hash == programs["client"].hash
+    with pytest.raises(grpc.RpcError) as alone:
+        stub.Apply(pb.ApplyRequest(program=broken))
+    assert alone.value.code().name == bad.code and alone.value.details() == bad.details
+    assert {s.pod.name for s in stub.List(pb.ListRequest()).pods} == {"server", "client"}
+
+
 def _later_apply(stub, program, delay=0.2):
     """Apply `program` from another thread after `delay` (a CNI ADD that
     arrives first must wait for it)."""

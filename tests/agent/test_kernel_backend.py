@@ -250,6 +250,59 @@ def test_restart_adopts_pinned_state(lab, roots, received):
     b2.stop()
 
 
+def test_a_lost_numbering_comes_back_from_the_pods_programs(lab, roots, received):
+    """groups.json gone while programs stay pinned: the bits each pod's
+    programs were loaded with (its meta) number the node's groups again,
+    members are read back with them, and no program needs reloading."""
+    v1, _ = received
+    b = backend(lab, roots)
+    attach_all(b, lab, v1)
+    links, legend = b.link_ids("app/server"), b.groups.legend()
+    gid = world.group_of(v1["server"])
+    crash(b)
+    del b
+    os.remove(os.path.join(roots[1], "groups.json"))
+    b2 = kb.KernelBackend("test", bpffs_root=roots[0], state_dir=roots[1], netns=lab.node)
+    assert {a.state.name for a in b2.start()} == set(world.ADDRESSES)
+    assert b2.link_ids("app/server") == links and b2.groups.legend() == legend
+    assert b2.groups.members(gid) == {world.ADDRESSES["client"]}
+    assert lab.probe("client", "server", "TCP", 80)
+    b2.update_groups([c for name in world.ADDRESSES for c in v1[name].groups], full=True)
+    assert lab.probe("client", "server", "TCP", 80)
+    assert not lab.probe("other", "server", "TCP", 80)
+    for name in world.ADDRESSES:
+        assert b2.detach(f"app/{name}")
+    b2.stop()
+
+
+def test_programs_whose_bits_conflict_are_resolved_again(lab, roots, received):
+    """A pod's recorded bit taken by another group in groups.json: its
+    programs are resolved again to the registry's numbering and swapped in,
+    links kept; identity map entries with bits nobody knows are rewritten."""
+    v1, _ = received
+    b = backend(lab, roots)
+    attach_all(b, lab, v1)
+    links = b.link_ids("app/server")
+    gid = world.group_of(v1["server"])
+    bit = b.groups.legend()[gid]
+    crash(b)
+    del b
+    path = os.path.join(roots[1], "groups.json")
+    with open(path, "w") as f:
+        json.dump({"bits": {"p:someoneelse": bit}, "wanted": []}, f)
+    b2 = kb.KernelBackend("test", bpffs_root=roots[0], state_dir=roots[1], netns=lab.node)
+    b2.start()
+    relinked = b2.link_ids("app/server")
+    assert relinked["ingress"][0] == links["ingress"][0] and relinked["ingress"][1] != links["ingress"][1]
+    assert b2.groups.legend()[gid] != bit
+    b2.update_groups([c for name in world.ADDRESSES for c in v1[name].groups], full=True)
+    assert lab.probe("client", "server", "TCP", 80)
+    assert not lab.probe("other", "server", "TCP", 80)
+    for name in world.ADDRESSES:
+        assert b2.detach(f"app/{name}")
+    b2.stop()
+
+
 def test_adoption_reads_group_members_from_the_pinned_maps(lab, roots, received):
     """Group members changed after the Apply live in the pinned identity
     maps: after a restart the node's groups are read back from them (and

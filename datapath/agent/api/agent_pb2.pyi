@@ -188,6 +188,28 @@ class ApplyResponse(_message.Message):
     changed: bool
     def __init__(self, status: _Optional[_Union[PodStatus, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
+class ApplyBatchRequest(_message.Message):
+    __slots__ = ("programs",)
+    PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    programs: _containers.RepeatedCompositeFieldContainer[PodProgram]
+    def __init__(self, programs: _Optional[_Iterable[_Union[PodProgram, _Mapping]]] = ...) -> None: ...
+
+class ApplyResult(_message.Message):
+    __slots__ = ("response", "code", "details")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    response: ApplyResponse
+    code: str
+    details: str
+    def __init__(self, response: _Optional[_Union[ApplyResponse, _Mapping]] = ..., code: _Optional[str] = ..., details: _Optional[str] = ...) -> None: ...
+
+class ApplyBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ApplyResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ...) -> None: ...
+
 class UpdateMapsRequest(_message.Message):
     __slots__ = ("pod", "maps")
     POD_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class AgentStub:
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyRequest.SerializeToString,
                 response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyResponse.FromString,
                 _registered_method=True)
+        self.ApplyBatch = channel.unary_unary(
+                '/tailor.agent.v1.Agent/ApplyBatch',
+                request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyBatchRequest.SerializeToString,
+                response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyBatchResponse.FromString,
+                _registered_method=True)
         self.UpdateMaps = channel.unary_unary(
                 '/tailor.agent.v1.Agent/UpdateMaps',
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateMapsRequest.SerializeToString,
@@ -87,6 +92,12 @@ class AgentServicer:
     def Apply(self, request, context):
         """Attach (or atomically replace) a pod's programs; idempotent by (uid, hash).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -150,6 +161,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Apply,
                     request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyRequest.FromString,
                     response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyResponse.SerializeToString,
+            ),
+            'ApplyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyBatch,
+                    request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyBatchRequest.FromString,
+                    response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyBatchResponse.SerializeToString,
             ),
             'UpdateMaps': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateMaps,
@@ -219,6 +235,33 @@ class Agent:
             '/tailor.agent.v1.Agent/Apply',
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyRequest.SerializeToString,
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailor.agent.v1.Agent/ApplyBatch',
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyBatchRequest.SerializeToString,
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.ApplyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 
+from tailor.datapath import groups as groups_
 from tailor.datapath import layout
 from tailor.datapath.agent.backends import base
 from tailor.datapath.agent.backends.kernel import persistence
 from tailor.datapath.ebpf import errors, kernel
+
+log = logging.getLogger("tailor.agent.kernel")
 
 
 class KernelBackend(base.Backend):
@@ -55,22 +59,63 @@ class KernelBackend(base.Backend):
         with self._lock:
             self.store.make_dirs()
             self.store.open_node_maps(self.node_maps)
-            self.groups = self.store.read_groups(self.node_maps)
-            self._saved_groups = self.groups.to_json()
             pinned = self.store.pinned()
+            pods = [p for p in (self.store.adopt(d, self.node_maps) for d in pinned) if p is not None]
+            self.groups = self._restore_groups(pods)
+            self._saved_groups = self.groups.to_json()
             adopted = []
-            for dirname in pinned:
-                pod = self.store.adopt(dirname, self.node_maps)
-                if pod is not None:
-                    self._pods[pod.key] = pod
-                    base.put_endpoints(self.node_maps, pod.endpoint)
-                    if pod.received is not None:
-                        self.groups.hold(pod.key, frozenset(
-                            i.group for insns in pod.received.insns.values() for i in insns if i.group))
-                    adopted.append(base.Adopted(self._pod_state(pod), pod.endpoint, pod.received))
+            for pod in pods:
+                self._pods[pod.key] = pod
+                base.put_endpoints(self.node_maps, pod.endpoint)
+                if pod.received is not None:
+                    pod = self._keep_numbering(pod)
+                adopted.append(base.Adopted(self._pod_state(pod), pod.endpoint, pod.received))
             self.store.forget_unpinned(pinned)
             self._groups_changed()
             return adopted
+
+    def _restore_groups(self, pods: list[persistence.Pod]):
+        """The node's groups as they were: groups.json, else the bits the
+        adopted pods' programs were loaded with, and the members read back
+        from the identity maps — which are then made to hold exactly what
+        that registry says (an entry holding bits nobody knows is rewritten,
+        or it would join a future group)."""
+        saved = self.store.read_groups_file()
+        bits = dict(saved.get("bits", {}))
+        for pod in pods:
+            for g, b in sorted(pod.meta.get("groups", {}).items()):
+                if g not in bits and b not in bits.values():
+                    bits[g] = b
+        names = [m.name for m in (*layout.IDS_MAPS.values(), *layout.PORTS_MAPS.values())]
+        live = {n: dict(self.node_maps[n].items()) for n in names}
+        registry = groups_.NodeGroups.restore({**saved, "bits": bits}, live)
+        want = registry.contents()
+        fixes = {n: {**{k: v for k, v in want[n].items() if live[n].get(k) != v},
+                     **{k: None for k in live[n].keys() - want[n].keys()}} for n in names}
+        base.write_entries(self.node_maps, fixes)
+        return registry
+
+    def _keep_numbering(self, pod: persistence.Pod) -> persistence.Pod:
+        """An adopted pod's programs test groups by the bits they were loaded
+        with: the registry keeps those bits, or (groups.json lost or out of
+        step) the programs are resolved again and swapped in."""
+        tested = frozenset(i.group for insns in pod.received.insns.values() for i in insns if i.group)
+        recorded = pod.meta.get("groups", {})
+        if set(recorded) == tested and all(self.groups.claim(g, b) for g, b in sorted(recorded.items())):
+            self.groups.hold(pod.key, tested)
+            return pod
+        try:
+            insns, groups = self._resolved(pod.received)
+            bits = {g: self.groups.bit(g) for g in groups}
+            swapped = self._swap(pod, pod.endpoint, pod.received, self._load(pod.received, insns), bits)
+        except (base.AttachFailed, errors.KernelError) as e:
+            log.error("pod %s: its programs could not be resolved again to this node's groups: %s; "
+                      "they stay as loaded until the next Apply", pod.key, e)
+            self.groups.hold(pod.key, tested)
+            return pod
+        self._pods[pod.key] = swapped
+        self.groups.hold(pod.key, groups)
+        return swapped
 
     def stop(self) -> None:
         """Close our fds; links, programs and maps stay pinned and in force."""
@@ -100,12 +145,13 @@ class KernelBackend(base.Backend):
                 self.detach(key)
                 old = None
             insns, groups = self._resolved(received)
+            bits = {g: self.groups.bit(g) for g in groups}
             new = self._load(received, insns)
             try:
                 if old is None:
-                    pod = self._attach_new(endpoint, received, new)
+                    pod = self._attach_new(endpoint, received, new, bits)
                 else:
-                    pod = self._swap(old, endpoint, received, new)
+                    pod = self._swap(old, endpoint, received, new, bits)
             except BaseException:
                 for side in new.values():
                     side.close()
@@ -121,7 +167,7 @@ class KernelBackend(base.Backend):
     def _groups_changed(self) -> None:
         saved = self.groups.to_json()
         if saved != self._saved_groups:
-            self.store.write_groups(self.groups)
+            self.store.write_groups(saved)
             self._saved_groups = saved
 
     def _load(self, received, insns: dict) -> dict[str, persistence.Side]:
@@ -158,10 +204,10 @@ class KernelBackend(base.Backend):
         return sides
 
     def _attach_new(self, endpoint: base.Endpoint, received,
-                    sides: dict[str, persistence.Side]) -> persistence.Pod:
+                    sides: dict[str, persistence.Side], bits: dict[str, int]) -> persistence.Pod:
         dirname = persistence.pod_dirname(received.namespace, received.name, received.uid)
         self.store.remove_pins(dirname)     # leftovers of an attach that died half-way
-        meta = persistence.pod_meta(endpoint, received)
+        meta = persistence.pod_meta(endpoint, received, bits)
         try:
             for d, side in sides.items():
                 self.store.pin_side(side, dirname, d)
@@ -180,10 +226,10 @@ class KernelBackend(base.Backend):
         return persistence.Pod(dirname, endpoint, meta, received, sides)
 
     def _swap(self, old: persistence.Pod, endpoint: base.Endpoint, received,
-              new: dict[str, persistence.Side]) -> persistence.Pod:
+              new: dict[str, persistence.Side], bits: dict[str, int]) -> persistence.Pod:
         """Switch the existing links to the new programs (see the module doc)."""
         dirname = old.dirname
-        meta = persistence.pod_meta(endpoint, received)
+        meta = persistence.pod_meta(endpoint, received, bits)
         switched = []
         try:
             for d, side in new.items():

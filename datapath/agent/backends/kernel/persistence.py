@@ -24,7 +24,8 @@ crash leaves the old file or the new one, never half of either:
     groups.json                             the node's numbering of peer groups and which
                                             groups the program source wants here (their
                                             members are read back from the pinned ids/ports maps)
-    pods/<ns>_<name>_<uid>/meta.json        hash, features, addresses, endpoint, instructions
+    pods/<ns>_<name>_<uid>/meta.json        hash, features, addresses, endpoint, instructions,
+                                            the bit of each group its programs were loaded with
     pods/<ns>_<name>_<uid>/program.pb       the PodProgram message in force (wire.received_to_proto)
     pods/<ns>_<name>_<uid>/meta.next.json   } only while a swap is under way
     pods/<ns>_<name>_<uid>/program.next.pb  }
@@ -43,7 +44,7 @@ import json
 import os
 import shutil
 
-from tailor.datapath import groups, layout
+from tailor.datapath import layout
 from tailor.datapath.agent import wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.backends import base
@@ -101,13 +102,14 @@ def pinnable(map_name: str) -> bool:
     return map_name not in RESERVED and "/" not in map_name and "." not in map_name
 
 
-def pod_meta(endpoint: base.Endpoint, received) -> dict:
+def pod_meta(endpoint: base.Endpoint, received, bits: dict[str, int] | None = None) -> dict:
     """meta.json for `received` on `endpoint`; instructions counted as the
-    compiler counts them (8-byte slots)."""
+    compiler counts them (8-byte slots); `bits`: the node's bit of each group
+    its loaded programs test (what they were resolved with)."""
     return {"namespace": received.namespace, "name": received.name, "uid": received.uid,
             "hash": received.hash, "features": list(received.features),
             "addresses": list(received.addresses), "endpoint": endpoint.to_json(),
-            "instructions": dict(received.instructions)}
+            "instructions": dict(received.instructions), "groups": dict(sorted((bits or {}).items()))}
 
 
 class _Vanished(Exception):
@@ -173,23 +175,22 @@ class Store:
                 m.pin(path)
             node_maps[name] = m
 
-    def read_groups(self, node_maps: dict[str, kernel.KernelMap]) -> groups.NodeGroups:
-        """The node's groups as they were: groups.json and the pinned identity maps."""
+    def read_groups_file(self) -> dict:
+        """groups.json as last written ({} when there is none)."""
         path = os.path.join(self.state_dir, "groups.json")
         try:
             with open(path) as f:
-                saved = json.load(f)
+                return json.load(f)
         except FileNotFoundError:
-            saved = {}
+            return {}
         except (OSError, ValueError) as e:
-            raise base.BackendError(f"{path}: {e}; remove it and the pinned ids/ports maps "
-                                    "to start the node's groups afresh") from None
-        names = [m.name for m in (*layout.IDS_MAPS.values(), *layout.PORTS_MAPS.values())]
-        return groups.NodeGroups.restore(saved, {n: dict(node_maps[n].items()) for n in names})
+            raise base.BackendError(f"{path}: {e}; remove it and the agent numbers the node's "
+                                    "groups again from its pods' programs") from None
 
-    def write_groups(self, node_groups: groups.NodeGroups) -> None:
+    def write_groups(self, saved: dict) -> None:
+        """groups.json: what datapath.groups.NodeGroups.to_json() gave."""
         _write_atomic(os.path.join(self.state_dir, "groups.json"),
-                      json.dumps(node_groups.to_json(), sort_keys=True).encode())
+                      json.dumps(saved, sort_keys=True).encode())
 
     # -- adoption --------------------------------------------------------------------
 
