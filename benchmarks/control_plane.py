@@ -23,6 +23,7 @@ runs each size.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import pathlib
 import random
@@ -88,6 +89,9 @@ def measure(pods: int, samples: int, budget: float, curve_only: bool, say) -> di
            "full_plan_s": round(full, 3), "pushes": adapters.push_counts(pushes),
            "map_entries": sum(by_node.values()), "map_entries_per_node_max": max(by_node.values(), default=0)}
     del pushes
+    # As the operator's engine does once its initial sync is planned
+    # (controller/engine.py): what it built stays out of the collector's scans.
+    gc.freeze()
     if not curve_only:
         rng = random.Random(pods)
         changes = _Changes(pods, rng)

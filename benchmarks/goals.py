@@ -53,13 +53,18 @@ def row_goal(section: str, row: dict) -> dict | None:
     return None
 
 
-def _per_packet(value: dict) -> list[dict]:
+def _each_row(section: str, value: dict, name) -> list[dict]:
+    """The goal of every row, named by `name(row)`."""
     out = []
     for row in value["rows"]:
-        g = row_goal("per_packet", row)
-        g["goal"] = f"{row['scenario']}: {g['goal']}"
+        g = row_goal(section, row)
+        g["goal"] = f"{name(row)}: {g['goal']}"
         out.append(g)
     return out
+
+
+def _per_packet(value: dict) -> list[dict]:
+    return _each_row("per_packet", value, lambda row: row["scenario"])
 
 
 def _compile(value: dict) -> list[dict]:
@@ -100,12 +105,8 @@ def _operator(value: dict) -> list[dict]:
 
 
 def _pod_start(value: dict) -> list[dict]:
-    out = []
-    for row in value["rows"]:
-        g = row_goal("pod_start", row)
-        g["goal"] = f"control {row['control']}, {row['concurrency']} at a time: {g['goal']}"
-        out.append(g)
-    return out
+    return _each_row("pod_start", value,
+                     lambda row: f"control {row['control']}, {row['concurrency']} at a time")
 
 
 def _data_plane(value: dict) -> list[dict]:

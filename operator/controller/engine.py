@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -101,6 +102,7 @@ class Engine:
         self._groups_in_flight: collections.Counter = collections.Counter()
         self.synced = False
         self.stopped = False
+        self._freeze_after_sync = False
         self.retry_first, self.retry_max, self.clock = retry_first, retry_max, clock
         self._pending: set[str] = set()
         self._retry: dict[str, tuple[int, float]] = {}      # ref -> (failures, not before)
@@ -132,6 +134,7 @@ class Engine:
             self.errors.extend(errors)
             self.synced = True
             self._reports_wanted = True
+            self._freeze_after_sync = True
             self._pending |= refs
             self.counters["initial listings"] += 1
             self._wake.notify_all()
@@ -255,7 +258,15 @@ class Engine:
             refs = sorted(self._pending)[:limit]
             self._pending -= set(refs)
             self._busy = True
-            return self._plan(refs)
+            works = self._plan(refs)
+            if self._freeze_after_sync and not self._pending:
+                # What the initial sync built (the model, the programs) lives as
+                # long as the operator: out of the collector's sight, a full
+                # collection no longer rescans it (~200 ms at 10,000 pods, paid
+                # by whichever change was being planned).
+                gc.freeze()
+                self._freeze_after_sync = False
+            return works
 
     def reports_taken(self) -> None:
         """The pusher asked every agent (reported() was called for each)."""
