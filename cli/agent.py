@@ -7,6 +7,8 @@ attached and pinned for the next agent.
 """
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import logging
 import signal
 import sys
@@ -29,6 +31,19 @@ def register(sub) -> None:
                    help="ProgramSource to ask when a pod is wired before its program arrived")
     p.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR",
                    help="this node's pod CIDR, once per address family")
+    p.add_argument("--node-ip", action="append", default=[], metavar="IP",
+                   help="an address of this node, which pods' policies always let in (kubelet "
+                        "probes); repeat per address (default: every global address of the netns)")
+    p.add_argument("--routing", choices=("native", "vxlan", "auto", "off"), default="auto",
+                   help="routes to other nodes' pods, from the Nodes the operator sends: native "
+                        "(one L2 segment), vxlan (an overlay), auto (native where on link, else "
+                        "VXLAN), off (something else routes) (default %(default)s)")
+    p.add_argument("--masquerade", action=argparse.BooleanOptionalAction, default=True,
+                   help="masquerade pod traffic leaving the cluster to the node's address "
+                        "(default on)")
+    p.add_argument("--non-masquerade-cidr", action="append", default=[], metavar="CIDR",
+                   help="a destination pods reach with their own address besides the cluster's "
+                        "pod CIDRs (Service CIDRs, a peered network); repeatable")
     p.add_argument("--state-dir", metavar="DIR", help="default /var/lib/tailor/<node>")
     p.add_argument("--bpffs-root", metavar="DIR", help="default /sys/fs/bpf/tailor/<node>")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve /metrics on this port")
@@ -40,10 +55,24 @@ def register(sub) -> None:
 def _run(args) -> int:
     from tailor.datapath.agent import daemon   # grpc, the backends: only when running
 
+    from tailor.datapath.agent.node import addresses
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        node_ips = addresses.parse(args.node_ip)
+        for c in args.non_masquerade_cidr + args.pod_cidr:
+            try:
+                ipaddress.ip_network(c)
+            except ValueError:
+                raise ValueError(f"{c!r} is not a CIDR (e.g. 10.96.0.0/12)") from None
+    except ValueError as e:
+        print(f"tailor agent: {e}", file=sys.stderr)
+        return 2
     config = daemon.Config(node=args.node, backend=args.backend, listen=args.listen,
                            socket=args.socket or None, program_source=args.program_source,
-                           pod_cidrs=tuple(args.pod_cidr), state_dir=args.state_dir,
+                           pod_cidrs=tuple(args.pod_cidr), node_ips=node_ips,
+                           routing=args.routing, masquerade=args.masquerade,
+                           non_masquerade=tuple(args.non_masquerade_cidr), state_dir=args.state_dir,
                            bpffs_root=args.bpffs_root, metrics_port=args.metrics_port,
                            attach_timeout=args.attach_timeout)
     done = threading.Event()

@@ -29,10 +29,17 @@ def register(sub) -> None:
                     help="who compiles and pushes the programs: the lab's controller (default), or an "
                          "API server holding the manifests' objects and `tailor operator`, as in a cluster "
                          "(then: KUBECONFIG=<run dir>/kubeconfig kubectl get pp -A)")
+    up.add_argument("--underlay", choices=("switched", "routed"), default="switched",
+                    help="switched: the nodes on one L2 segment, as kind's (default); routed: each "
+                         "node on its own subnet behind a router")
+    up.add_argument("--routing", choices=("native", "vxlan", "auto"), default=None,
+                    help="how the agents route to other nodes' pods (default native when switched, "
+                         "vxlan when routed)")
     _name(up)
     up.set_defaults(func=_up)
 
-    probe = lab_sub.add_parser("probe", help="try every pod-to-pod TCP/UDP connection on the declared ports")
+    probe = lab_sub.add_parser("probe", help="try every pod-to-pod and node-to-pod TCP/UDP connection on "
+                                             "the declared ports, and every pod to a host outside")
     probe.add_argument("--format", choices=("table", "json"), default="table")
     probe.add_argument("--timeout", type=float, default=None, help="seconds per attempt (default 1)")
     probe.add_argument("--check", action="store_true",
@@ -70,7 +77,7 @@ def _up(args) -> int:
     from tailor.lab import lab
 
     lab.up(args.filename, nodes=args.nodes, backend=args.backend, name=args.name, control=args.control,
-           echo=lambda line: print(line, flush=True))
+           underlay=args.underlay, routing=args.routing, echo=lambda line: print(line, flush=True))
     return 0
 
 
@@ -82,19 +89,23 @@ def _probe(args) -> int:
     result = lab.probe(args.name, args.timeout)
     differ = None
     if args.check:
-        differ = probe.differences(result["connections"], probe.expected(lab.load(args.name)))
+        differ = probe.check(lab.load(args.name), result)
         result["model_differences"] = differ
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 1 if differ else 0
     connections = result["connections"]
+    every = connections + result.get("nodes", []) + result.get("outside", [])
     rows = [("SRC", "DST", "PROTO", "PORTS")] + [(c["src"], c["dst"], c["protocol"], c["ports"])
-                                                 for c in connections]
+                                                 for c in every]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
-    print(f"{len(connections)} allowed (source, destination, protocol); probed {', '.join(result['probed'])} "
-          f"on the {result['datapath']} datapath in {result['seconds']:.1f}s")
+    print(f"{len(connections)} allowed pod to pod, {len(result.get('nodes', []))} node to pod, "
+          f"{len(result.get('outside', []))} pod to outside (source, destination, protocol); probed "
+          f"{', '.join(result['probed'])} on the {result['datapath']} datapath in {result['seconds']:.1f}s")
+    if result.get("outside_seen") is not None:
+        print(f"the outside host saw connections from {', '.join(result['outside_seen']) or 'nobody'}")
     for note in result["notes"]:
         print(f"note: {note}")
     if differ is not None:

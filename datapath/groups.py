@@ -15,6 +15,12 @@ Two kinds of group, told apart by their id:
     that expose that name; entries in ports4/ports6: (address, port,
     protocol) -> bitmap of names.
 
+One peer group is the agent's own: HOST ("p:node"), the addresses of this
+node itself. Programs of pods isolated for ingress test it to let their
+node in (kubelet probes); the agent, not the program source, says who its
+members are (set_local), so it is never dropped by a full resync and never
+counted in the digest the program source compares.
+
 Members arrive as changes (GroupChange): the first for a group, or a full
 resync, replaces; later ones add and remove. An address's entry is
 rewritten only when the set of groups it belongs to changes, so a new pod
@@ -30,6 +36,7 @@ from tailor.datapath import layout
 from tailor.datapath.ebpf import isa
 
 PEER, PORT = "p", "n"
+HOST = f"{PEER}:node"
 CAPACITY = {PEER: 32 * layout.GROUP_WORDS, PORT: 32 * layout.PORT_WORDS}
 WORDS = {PEER: layout.GROUP_WORDS, PORT: layout.PORT_WORDS}
 
@@ -77,6 +84,7 @@ class NodeGroups:
         self._pod_groups: dict[str, frozenset[str]] = {}
         self._of: dict[str, dict] = {PEER: {}, PORT: {}}  # member key -> groups holding it
         self._used: dict[str, set[int]] = {PEER: set(), PORT: set()}
+        self._local: set[str] = set()                     # kept by the agent itself (HOST)
 
     # -- numbering -----------------------------------------------------------------
 
@@ -162,7 +170,7 @@ class NodeGroups:
                 self._forget_if_unused(g)
 
     def _forget_if_unused(self, group: str) -> None:
-        if group not in self._refs and group not in self._wanted and not self._members.get(group):
+        if group not in self._refs and group not in self._local and group not in self._wanted and not self._members.get(group):
             self._unassign(group)
             self._members.pop(group, None)
 
@@ -234,6 +242,15 @@ class NodeGroups:
                 groups = self._of[kind].get(key)
                 writes.setdefault(name, {})[packed] = (
                     layout.pack_bitmap((self._bit[g] for g in groups), WORDS[kind]) if groups else None)
+        return writes
+
+    def set_local(self, group: str, members) -> Writes:
+        """The agent's own group (HOST) has exactly `members`; the map writes
+        that follow. Such a group is not the program source's: a full update
+        leaves it, and the digest does not count it."""
+        self._local.add(group)
+        writes = self.update([GroupChange(group, tuple(members), replace=True)])
+        self._wanted.discard(group)
         return writes
 
     def contents(self) -> dict[str, dict[bytes, bytes]]:

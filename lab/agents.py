@@ -28,3 +28,20 @@ def held(data: dict) -> dict[str, str]:
     """{"ns/name": hash} of every program the lab's agents hold Loaded."""
     return {s["key"]: s["hash"] for node in data["nodes"] for s in listed(node)
             if s["state"] == "LOADED"}
+
+
+def tables_unsettled(data: dict) -> list[str]:
+    """The nodes whose agent does not hold the lab's node table yet (the
+    routes to other nodes' pods follow it). Empty when every agent does."""
+    from tailor.datapath.agent.node import routes
+
+    table = [routes.ClusterNode(n["name"], tuple(a.split("/")[0] for a in n["underlay"]),
+                                tuple(n["pod_cidrs"])) for n in data["nodes"]]
+    want = routes.digest(table, data.get("cluster_cidrs", []))
+    why = []
+    for node in data["nodes"]:
+        with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
+            got = pb_grpc.AgentStub(channel).List(pb.ListRequest(), timeout=TIMEOUT).nodes_digest
+        if got != want:
+            why.append(f"node {node['name']}: its agent does not hold the node table yet")
+    return why

@@ -75,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, help="the Agent service: unix:/path")
     parser.add_argument("--wire", required=True, help="the lab's Wire service: unix:/path")
     parser.add_argument("--program-source", required=True)
+    parser.add_argument("--node-ip", action="append", default=[], help="an address of the node")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stdout)
     core = core_.Core(args.node, EmulatedBackend(args.node),
-                      program_for=source.GrpcProgramSource(args.program_source))
+                      program_for=source.GrpcProgramSource(args.program_source),
+                      node_addresses=tuple(args.node_ip))
     core.start()
     for address in (args.listen, args.wire):
         path = address.removeprefix("unix:")

@@ -54,6 +54,7 @@ FIXES = {
                      "kubectl get pp -A -o yaml`); the operator's log is {run_dir}/operator.log",
 }
 CONTROLS = ("lab", "operator")
+ROUTINGS = ("native", "vxlan", "auto")
 
 
 class LabError(Exception):
@@ -70,10 +71,14 @@ def _quiet(_: str) -> None:
 # -- up ---------------------------------------------------------------------------
 
 def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None,
-       name: str = "lab", control: str = "lab", echo: Echo = print) -> dict:
+       name: str = "lab", control: str = "lab", underlay: str = "switched",
+       routing: str | None = None, echo: Echo = print) -> dict:
     """Build the lab; returns its state. `control`: "lab" (the lab's
     controller compiles and pushes) or "operator" (an API server and
-    `tailor operator` do)."""
+    `tailor operator` do). `underlay`: "switched" (the nodes on one L2
+    segment) or "routed" (each node on its own subnet behind a router);
+    `routing`: the agents' --routing (default native when switched, vxlan
+    when routed)."""
     from tailor.operator.cluster import manifests
     from tailor.operator.errors import ManifestError
 
@@ -84,6 +89,12 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
                        "root: run as root, or use --backend emulated")
     if control not in CONTROLS:
         raise LabError(f"control {control!r}: use one of {', '.join(CONTROLS)}")
+    routing = routing or ("native" if underlay == "switched" else "vxlan")
+    if routing not in ROUTINGS:
+        raise LabError(f"routing {routing!r}: use one of {', '.join(ROUTINGS)}")
+    if underlay == "routed" and routing == "native":
+        raise LabError("a routed underlay has no L2 segment between nodes: native routing cannot "
+                       "reach the other nodes' pods; use --routing vxlan or auto")
     if control == "operator":
         try:
             import kmock  # noqa: F401 - the API server's engine
@@ -99,7 +110,7 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
                        f"`tailor lab down --name {name}` first, or pick another --name")
     try:
         cluster = manifests.load(paths)
-        plan = plan_.make(cluster, name, nodes)
+        plan = plan_.make(cluster, name, nodes, underlay)
     except (ManifestError, plan_.PlanError) as e:
         raise LabError(str(e)) from None
     if backend == "kernel":
@@ -114,6 +125,7 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
                            f"`rm -r {pins}`, or pick another --name")
     data = _initial(plan, backend, paths)
     data["control"] = control
+    data["routing"] = routing if backend == "kernel" else "off"
     if control == "operator":
         from tailor.lab.control import operated
 
@@ -166,6 +178,7 @@ def _initial(plan: plan_.Plan, backend: str, paths: list[str]) -> dict:
         d = os.path.join(run, n.name)
         nodes.append({"name": n.name, "index": n.index, "netns": n.netns if backend == "kernel" else None,
                       "switch_port": n.switch_port, "underlay": list(n.underlay),
+                      "gateways": list(n.gateways),
                       "pod_cidrs": list(n.pod_cidrs), "agent_socket": os.path.join(d, "agent.sock"),
                       "cni_socket": os.path.join(d, "cni.sock"), "state_dir": os.path.join(d, "state"),
                       "bpffs_root": os.path.join(bpffs, n.name) if bpffs else None, "made": False})
@@ -175,18 +188,31 @@ def _initial(plan: plan_.Plan, backend: str, paths: list[str]) -> dict:
              "interface": "", "netns_made": False, "wired": False} for p in plan.pods]
     return {"name": plan.name, "backend": backend, "step": "plan", "ready": False, "run_dir": run,
             "manifests": [os.path.abspath(p) for p in paths], "created": time.time(),
-            "switch": {"netns": plan.switch_netns, "bridge": plan_.BRIDGE} if backend == "kernel" else None,
+            "underlay": plan.underlay,
+            "switch": {"netns": plan.switch_netns, "bridge": plan_.BRIDGE}
+            if backend == "kernel" and plan.underlay == "switched" else None,
+            "router": {"netns": plan.switch_netns} if backend == "kernel" and plan.underlay == "routed" else None,
+            "outside": {**plan_.outside(plan), **({} if backend == "kernel" else {"netns": None})},
             "bpffs_root": bpffs, "nodes": nodes, "pods": pods, "processes": {}}
 
 
 def _underlay(data: dict, echo: Echo) -> None:
-    sw = data["switch"]
-    netns_.make_switch(sw["netns"], sw["bridge"])
+    sw, router = data["switch"], data.get("router")
+    if sw:
+        netns_.make_switch(sw["netns"], sw["bridge"])
+    else:
+        netns_.make_router(router["netns"])
     for node in data["nodes"]:
         node["made"] = True
         state_.save(data)
-        netns_.make_node(sw["netns"], sw["bridge"], node, plan_.NODE_IFNAME)
-    netns_.route_nodes(data["nodes"])
+        if sw:
+            netns_.make_node(sw["netns"], sw["bridge"], node, plan_.NODE_IFNAME)
+        else:
+            netns_.make_routed_node(router["netns"], node, plan_.NODE_IFNAME)
+    data["outside"]["made"] = True
+    state_.save(data)
+    netns_.make_outside(sw["netns"] if sw else router["netns"], data["outside"],
+                        bridge=sw["bridge"] if sw else None)
 
 
 def _api(data: dict, echo: Echo) -> None:
@@ -433,7 +459,8 @@ def down(name: str, echo: Echo = print) -> list[str]:
             removed.append(f"process {key} (pid {data['processes'][key]['pid']})")
     if kernel:
         namespaces = [p["netns"] for p in data["pods"]] + [n["netns"] for n in data["nodes"]] \
-            + [data["switch"]["netns"]]
+            + [x["netns"] for x in (data.get("outside"), data.get("switch"), data.get("router"))
+               if x and x.get("netns")]
         _kill_inside(namespaces)
         # 3. Namespaces: deleting one deletes its interfaces (and veth peers).
         for ns in namespaces:

@@ -6,10 +6,17 @@ back with the command that failed. Nothing is ever made in the root
 namespace: each veth is created inside the switch namespace with its peer
 put straight into the node's namespace.
 
-    <lab>.switch:  br0 (up, no address) with ports n1..nN
-    <lab>.<node>:  eth0 192.168.77.<i>/24 (fd00:77::<i>/64), forwarding on,
-                   rp_filter off, a route to every other node's pod CIDRs
-                   via that node's underlay address (native routing)
+    <lab>.switch:  br0 (up, no address) with ports n1..nN (and o0, the outside)
+    <lab>.router:  (routed underlay) ports n1..nN at 172.31.<i>.1/24
+                   (fd00:77:<i>::1/64), o0 at 203.0.113.1/24, forwarding on
+    <lab>.<node>:  eth0 192.168.77.<i>/24 (fd00:77::<i>/64), or routed
+                   172.31.<i>.2/24 with a default route via the router;
+                   forwarding on, rp_filter off. No route to any other node's
+                   pods: the node's agent installs those (native or VXLAN),
+                   as in a cluster
+    <lab>.outside: eth0 on the switch (192.168.77.254) or behind the router
+                   (203.0.113.2): a host outside the cluster, with no route
+                   to any pod CIDR
     <lab>.p.*:     empty but for lo (up); the CNI plugin adds eth0
 """
 from __future__ import annotations
@@ -108,25 +115,40 @@ def make_node(switch_netns: str, bridge: str, node: dict, ifname: str) -> None:
           + [f"link set {ifname} up"], netns=node["netns"])
 
 
-def route_nodes(nodes: Sequence[dict]) -> None:
-    """In every node, each other node's pod CIDRs via that node's underlay address."""
-    for node in nodes:
-        commands = []
-        for other in nodes:
-            if other is node:
-                continue
-            gateways = {_family(a): a.split("/")[0] for a in other["underlay"]}
-            for cidr in other["pod_cidrs"]:
-                commands.append(f"route replace {cidr} via {gateways[_family(cidr)]}")
-        batch(commands, netns=node["netns"])
+def make_router(netns: str) -> None:
+    add(netns)
+    sysctl(netns, NODE_SYSCTLS)
+
+
+def make_routed_node(router_netns: str, node: dict, ifname: str) -> None:
+    """The node's namespace on a subnet of its own: a veth to the router,
+    the router's end holding the gateway address, a default route via it."""
+    add(node["netns"])
+    sysctl(node["netns"], NODE_SYSCTLS)
+    port = node["switch_port"]
+    batch([f"link add {port} type veth peer name {ifname} netns {node['netns']}"]
+          + [f"addr add {g} dev {port}" + (" nodad" if ":" in g else "") for g in node["gateways"]]
+          + [f"link set {port} up"], netns=router_netns)
+    batch([f"addr add {a} dev {ifname}" + (" nodad" if ":" in a else "") for a in node["underlay"]]
+          + [f"link set {ifname} up"]
+          + [f"route add default via {g.split('/')[0]}" for g in node["gateways"]], netns=node["netns"])
+
+
+def make_outside(underlay_netns: str, outside: dict, *, bridge: str | None, port: str = "o0") -> None:
+    """The host outside the cluster, on the switch's bridge or behind the router."""
+    add(outside["netns"])
+    commands = [f"link add {port} type veth peer name eth0 netns {outside['netns']}"]
+    commands += [f"link set {port} master {bridge}"] if bridge else \
+        [f"addr add {g} dev {port}" + (" nodad" if ":" in g else "") for g in outside["gateways"]]
+    batch(commands + [f"link set {port} up"], netns=underlay_netns)
+    batch([f"addr add {a} dev eth0" + (" nodad" if ":" in a else "") for a in outside["addresses"]]
+          + ["link set eth0 up"]
+          + [f"route add default via {g.split('/')[0]}" for g in outside["gateways"]],
+          netns=outside["netns"])
 
 
 def make_pod(netns: str) -> None:
     add(netns)
-
-
-def _family(text: str) -> int:
-    return 6 if ":" in text else 4
 
 
 def _run(argv: Sequence[str], check: bool) -> str:

@@ -7,7 +7,9 @@ later step reads) and by tests. Pure: no I/O.
 Naming: every network namespace starts with the lab's name, so two labs
 never collide:
 
-    <lab>.switch                  the underlay: bridge br0, one port per node
+    <lab>.switch                  the underlay (switched): bridge br0, one port per node
+    <lab>.router                  the underlay (routed): a router, one subnet per node
+    <lab>.outside                 a host outside the cluster (no route to any pod)
     <lab>.<node>                  a node (its underlay interface is eth0)
     <lab>.p.<namespace>.<pod>     a pod (`.<kind>` appended for a workload's pod)
 
@@ -27,6 +29,16 @@ from tailor.operator.cluster.state import ClusterState
 
 UNDERLAY_V4 = ipaddress.ip_network("192.168.77.0/24")
 UNDERLAY_V6 = ipaddress.ip_network("fd00:77::/64")
+# Routed: node i on 172.31.i.0/24 (fd00:77:i::/64), the router at .1, the node at .2.
+ROUTED_V4 = "172.31.{i}.{h}/24"
+ROUTED_V6 = "fd00:77:{i:x}::{h}/64"
+# The outside host: on the switch (switched), or behind the router on a
+# network of its own (routed). Never a route to the pods: replies reach
+# pods only through their node's masquerade.
+OUTSIDE_SWITCHED = ("192.168.77.254/24", "fd00:77::fe/64")
+OUTSIDE_ROUTED = ("203.0.113.2/24", "fd00:203::2/64")
+OUTSIDE_ROUTER = ("203.0.113.1/24", "fd00:203::1/64")
+UNDERLAYS = ("switched", "routed")
 POD_V4 = "10.244.{i}.0/24"
 POD_V6 = "fd00:10:244:{i}::/64"
 BRIDGE = "br0"
@@ -50,6 +62,7 @@ class NodePlan:
     switch_port: str                 # the node's veth end in the switch namespace
     underlay: tuple[str, ...]        # interface addresses with prefix: IPv4, then IPv6
     pod_cidrs: tuple[str, ...]
+    gateways: tuple[str, ...] = ()   # routed: the router's addresses on the node's subnet
 
     @property
     def underlay_ips(self) -> tuple[str, ...]:
@@ -76,6 +89,7 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     pods: tuple[PodPlan, ...]
     ipv6: bool
+    underlay: str = "switched"
 
     def node(self, name: str) -> NodePlan:
         return next(n for n in self.nodes if n.name == name)
@@ -87,10 +101,14 @@ def check_name(name: str) -> None:
                         "(it prefixes every namespace the lab makes)")
 
 
-def make(state: ClusterState, name: str, nodes: int | None = None) -> Plan:
+def make(state: ClusterState, name: str, nodes: int | None = None,
+         underlay: str = "switched") -> Plan:
     """The plan for the pods of `state` on `nodes` nodes (default: 2, or as
-    many as the manifests name)."""
+    many as the manifests name). `underlay`: "switched" (one L2 segment, as
+    kind's nodes share) or "routed" (a subnet per node behind a router)."""
     check_name(name)
+    if underlay not in UNDERLAYS:
+        raise PlanError(f"underlay {underlay!r}: use one of {', '.join(UNDERLAYS)}")
     pods = state.sorted_pods()
     if not pods:
         raise PlanError("the manifests declare no pods: a lab needs at least one Pod or workload")
@@ -112,7 +130,9 @@ def make(state: ClusterState, name: str, nodes: int | None = None) -> Plan:
             names.append(candidate)
         i += 1
     ipv6 = any(6 in p.families for p in pods)
-    node_plans = tuple(_node(name, i, n, ipv6) for i, n in enumerate(names, 1))
+    if underlay == "routed" and count > 254:
+        raise PlanError(f"--nodes {count}: a routed lab has at most 254 nodes (a /24 each)")
+    node_plans = tuple(_node(name, i, n, ipv6, underlay) for i, n in enumerate(names, 1))
     placed, turn = [], 0
     for pod in pods:
         # spec.nodeName pins a pod; the rest go round-robin.
@@ -122,16 +142,38 @@ def make(state: ClusterState, name: str, nodes: int | None = None) -> Plan:
             node = names[turn % count]
             turn += 1
         placed.append(_pod(name, pod, node))
-    return Plan(name, f"{name}.switch", node_plans, tuple(placed), ipv6)
+    return Plan(name, f"{name}.{'switch' if underlay == 'switched' else 'router'}", node_plans,
+                tuple(placed), ipv6, underlay)
 
 
-def _node(lab: str, index: int, name: str, ipv6: bool) -> NodePlan:
-    underlay = [f"{UNDERLAY_V4.network_address + index}/{UNDERLAY_V4.prefixlen}"]
+def _node(lab: str, index: int, name: str, ipv6: bool, underlay: str = "switched") -> NodePlan:
     cidrs = [POD_V4.format(i=index)]
+    if underlay == "routed":
+        addresses = [ROUTED_V4.format(i=index, h=2)]
+        gateways = [ROUTED_V4.format(i=index, h=1)]
+        if ipv6:
+            addresses.append(ROUTED_V6.format(i=index, h=2))
+            gateways.append(ROUTED_V6.format(i=index, h=1))
+    else:
+        addresses = [f"{UNDERLAY_V4.network_address + index}/{UNDERLAY_V4.prefixlen}"]
+        gateways = []
+        if ipv6:
+            addresses.append(f"{UNDERLAY_V6.network_address + index}/{UNDERLAY_V6.prefixlen}")
     if ipv6:
-        underlay.append(f"{UNDERLAY_V6.network_address + index}/{UNDERLAY_V6.prefixlen}")
         cidrs.append(POD_V6.format(i=f"{index:x}"))
-    return NodePlan(name, index, f"{lab}.{name}", f"n{index}", tuple(underlay), tuple(cidrs))
+    return NodePlan(name, index, f"{lab}.{name}", f"n{index}", tuple(addresses), tuple(cidrs),
+                    tuple(gateways))
+
+
+def outside(plan: Plan) -> dict:
+    """The outside host: its namespace, addresses (one per family the lab
+    uses) and, routed, the router's addresses towards it."""
+    families = 2 if plan.ipv6 else 1
+    if plan.underlay == "routed":
+        return {"netns": f"{plan.name}.outside", "addresses": list(OUTSIDE_ROUTED[:families]),
+                "gateways": list(OUTSIDE_ROUTER[:families])}
+    return {"netns": f"{plan.name}.outside", "addresses": list(OUTSIDE_SWITCHED[:families]),
+            "gateways": []}
 
 
 def _pod(lab: str, pod, node: str) -> PodPlan:

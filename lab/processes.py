@@ -39,14 +39,23 @@ def agent_argv(data: dict, node: dict) -> list[str]:
     if data["backend"] == "emulated":
         return python() + ["-m", "tailor.lab.emulated", "--node", node["name"],
                            "--listen", f"unix:{node['agent_socket']}",
-                           "--wire", f"unix:{node['cni_socket']}", "--program-source", source]
+                           "--wire", f"unix:{node['cni_socket']}", "--program-source", source,
+                           *node_ips(node)]
     argv = python() + ["-m", "tailor.cli.main", "agent", "--node", node["name"],
                        "--backend", "kernel", "--listen", f"unix:{node['agent_socket']}",
                        "--socket", node["cni_socket"], "--program-source", source,
                        "--bpffs-root", node["bpffs_root"], "--state-dir", node["state_dir"]]
     for cidr in node["pod_cidrs"]:
         argv += ["--pod-cidr", cidr]
-    return argv
+    # As in a cluster: the agent routes to the other nodes' pods from the
+    # Nodes it is sent, and masquerades what leaves the cluster.
+    argv += ["--routing", data.get("routing", "native"), "--masquerade"]
+    return argv + node_ips(node)
+
+
+def node_ips(node: dict) -> list[str]:
+    """The node's addresses, as a real node's Node object lists them."""
+    return [a for addr in node["underlay"] for a in ("--node-ip", addr.split("/")[0])]
 
 
 def source_socket(data: dict) -> str:

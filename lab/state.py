@@ -9,9 +9,12 @@ TAILOR_LAB_ROOT overrides it. Layout:
 
     {"name": "lab", "backend": "kernel" | "emulated", "step": "<last step begun>",
      "ready": bool, "run_dir": "...", "manifests": ["/abs/path", ...],
-     "switch": {"netns": "lab.switch", "bridge": "br0"} | null,
+     "underlay": "switched" | "routed", "routing": "native" | "vxlan" | "auto" | "off",
+     "switch": {"netns": "lab.switch", "bridge": "br0"} | null,      # switched
+     "router": {"netns": "lab.router"} | null,                       # routed
+     "outside": {"netns": "lab.outside", "addresses": [...], "gateways": [...]} | null,
      "bpffs_root": "/sys/fs/bpf/tailor-lab-lab" | null,
-     "nodes": [{"name", "index", "netns", "switch_port", "underlay": [...],
+     "nodes": [{"name", "index", "netns", "switch_port", "underlay": [...], "gateways": [...],
                 "pod_cidrs": [...], "agent_socket", "cni_socket" (emulated: the
                 node's Wire socket), "state_dir", "bpffs_root", "made": bool}],
      "pods": [{"namespace", "name", "kind", "ref", "node", "netns", "uid",

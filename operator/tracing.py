@@ -31,10 +31,11 @@ CLIENT_PORT = trace.CLIENT_PORT
 class Trace:
     flow: pk.Flow
     steps: list[trace.Step]
+    ends: int = 2                  # how many ends are pods of the node (their programs run)
 
     @property
     def allowed(self) -> bool:
-        return len(self.steps) == 4 and all(s.passed for s in self.steps)
+        return len(self.steps) == 2 * self.ends and all(s.passed for s in self.steps)
 
 
 @dataclasses.dataclass
@@ -52,16 +53,29 @@ class Node:
     maps holding the members of the groups their rules test, taken from
     `state`) and their own maps."""
 
-    def __init__(self, engine, state: ClusterState):
+    def __init__(self, engine, state: ClusterState, addresses: tuple[str, ...] = ()):
+        """`addresses`: the node's own (groups.HOST), as its agent holds them."""
         self.engine = engine
         self.memberships = groups.Memberships(state)
         self.groups = node_groups.NodeGroups()
         self.shared = {name: engine.create_map(spec) for name, spec in layout.NODE_MAPS.items()}
         self.ct = {f: self.shared[spec.name] for f, spec in layout.CT_MAPS.items()}
         self.pods: dict[str, _Pod] = {}
+        self.addresses = tuple(addresses)
+        self._write(self.groups.set_local(node_groups.HOST, self.addresses))
 
     def members(self, gid: str) -> frozenset:
+        if gid == node_groups.HOST:
+            return frozenset(self.addresses)
         return self.memberships.members(gid)
+
+    def _write(self, writes) -> None:
+        for name, table in writes.items():
+            for key, value in table.items():
+                if value is None:
+                    self.shared[name].delete(key)
+                else:
+                    self.shared[name].update(key, value)
 
     def add_generic(self, spec: ProgramSpec) -> None:
         """Load the pod on the generic programs (compiler.generic), its
@@ -80,13 +94,7 @@ class Node:
         self.memberships.define(spec.definitions.values())
         wanted = [node_groups.GroupChange(g, tuple(self.members(g)), replace=True)
                   for g in sorted(spec.definitions) if g not in self.groups.groups()]
-        writes = self.groups.update(wanted)
-        for name, table in writes.items():
-            for key, value in table.items():
-                if value is None:
-                    self.shared[name].delete(key)
-                else:
-                    self.shared[name].update(key, value)
+        self._write(self.groups.update(wanted))
         insns, held = self.groups.resolve({d: list(programs.program(d).insns) for d in (INGRESS, EGRESS)})
         self.groups.hold(spec.pod, held)
         loaded, owned = {}, []
@@ -131,14 +139,19 @@ class Node:
         return trace.Step(pod.spec.pod, direction, retval), out
 
     def trace(self, src: str, dst: str, flow: pk.Flow) -> Trace:
-        """Walk a connection's first packet and its reply through the programs."""
-        s, d = self.pods[src], self.pods[dst]
+        """Walk a connection's first packet and its reply through the
+        programs. An end that is no pod of this node (the node itself, an
+        address elsewhere) runs no program."""
+        ends = []
+        for ref in (src, dst):
+            pod = self.pods.get(ref)
+            ends.append((ref, pod.mac) if pod is not None else (None, pk.DEFAULT_SRC_MAC))
 
         def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
             return self.engine.run(self.pods[key].loaded[direction], frame)
 
-        _, steps = trace.walk(run, (src, s.mac), (dst, d.mac), flow)
-        return Trace(flow, steps)
+        _, steps = trace.walk(run, ends[0], ends[1], flow)
+        return Trace(flow, steps, sum(1 for key, _ in ends if key is not None))
 
     def close(self) -> None:
         for pod in self.pods.values():

@@ -9,12 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
 
-apt_pkgs=(libbpf1 iproute2 util-linux)   # util-linux: nsenter
+# util-linux: nsenter; nftables: the agent's masquerade of traffic leaving the cluster.
+apt_pkgs=(libbpf1 iproute2 util-linux nftables)
 # llvm-mc/objdump 19: the assembler's reference; bpftool: an independent view of links.
 [[ "$mode" == "--test" ]] && apt_pkgs+=(llvm-19 bpftool)
 # clang: the compile benchmark's baseline (equivalent C, -O2 -target bpf); iperf3:
-# the data plane's throughput; nftables: the data plane's baseline policy.
-[[ "$mode" == "--test" || "$mode" == "--bench" ]] && apt_pkgs+=(clang iperf3 nftables)
+# the data plane's throughput (nftables, the runtime's, is its baseline policy).
+[[ "$mode" == "--test" || "$mode" == "--bench" ]] && apt_pkgs+=(clang iperf3)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

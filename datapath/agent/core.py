@@ -21,6 +21,7 @@ A pod's state, as Get and List report it:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 import threading
 import time
@@ -73,8 +74,14 @@ class _Failure:
 
 class Core:
     def __init__(self, node: str, backend: base.Backend, *, program_for: ProgramFor | None = None,
-                 attach_timeout: float = ATTACH_TIMEOUT_SECONDS, metrics=None):
+                 attach_timeout: float = ATTACH_TIMEOUT_SECONDS, metrics=None,
+                 node_addresses: tuple[str, ...] = (), network=None):
         self.node = node
+        self.node_addresses = tuple(node_addresses)
+        # Routes to other nodes' pods and the masquerade (node/network.py);
+        # None: SetNodes is only recorded.
+        self.network = network
+        self._nodes_digest = ""
         self.backend = backend
         self.program_for = program_for
         self.attach_timeout = attach_timeout
@@ -99,6 +106,8 @@ class Core:
         """Start the backend; take over what it adopted."""
         with self._lock:
             adopted = self.backend.start()
+            # Before any pod is served: its programs let these in.
+            self.backend.set_node_addresses(self.node_addresses)
             for a in adopted:
                 key = a.state.key
                 self._endpoints[key] = a.endpoint
@@ -202,6 +211,29 @@ class Core:
     def groups_digest(self) -> str:
         with self._lock:
             return self.backend.groups_digest()
+
+    def set_nodes(self, nodes, cluster_cidrs) -> tuple[int, str]:
+        """The cluster's nodes (node/routes.ClusterNode), the whole truth:
+        routes to their pods and the masquerade follow. (routes in force,
+        digest). Not under the core's lock: netlink may take a while, and
+        the network keeps its own."""
+        from tailor.datapath.agent.node import routes
+
+        try:
+            nodes = [routes.ClusterNode(n.name, tuple(str(ipaddress.ip_address(a)) for a in n.addresses),
+                                        tuple(str(ipaddress.ip_network(c)) for c in n.pod_cidrs))
+                     for n in nodes]
+            cluster_cidrs = [str(ipaddress.ip_network(c)) for c in cluster_cidrs]
+        except ValueError as e:
+            raise InvalidRequest(f"SetNodes: {e}") from None
+        count = self.network.apply(nodes, cluster_cidrs) if self.network is not None else 0
+        self._nodes_digest = routes.digest(nodes, cluster_cidrs)
+        return count, self._nodes_digest
+
+    def nodes_digest(self) -> str:
+        """Of the last SetNodes in force ("" before the first; a restarted
+        agent's network restores its last one)."""
+        return self.network.digest if self.network is not None else self._nodes_digest
 
     def remove(self, namespace: str, name: str, uid: str = "") -> bool:
         """Detach and forget the pod's programs; the endpoint stays registered."""

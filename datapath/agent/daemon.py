@@ -31,6 +31,10 @@ class Config:
     socket: str | None = "/run/tailor/cni.sock"     # None: no CNI socket
     program_source: str | None = None
     pod_cidrs: tuple[str, ...] = ()
+    node_ips: tuple[str, ...] = ()                   # () : every global address of the netns
+    routing: str = "off"                             # node/routes.MODES
+    masquerade: bool = False
+    non_masquerade: tuple[str, ...] = ()             # CIDRs pods reach with their own address
     state_dir: str | None = None                     # default /var/lib/tailor/<node>
     bpffs_root: str | None = None                    # default /sys/fs/bpf/tailor/<node>
     metrics_port: int | None = None                  # None: no metrics endpoint
@@ -70,8 +74,15 @@ def start(config: Config) -> Running:
                                     state_dir=os.path.join(config.state, "datapath"))
     program_source = source.GrpcProgramSource(config.program_source) if config.program_source else None
     agent_metrics = metrics.Metrics(config.node)
+    from tailor.datapath.agent.node import addresses, network
+
+    node_network = network.NodeNetwork(config.node, mode=config.routing, masquerade=config.masquerade,
+                                       pod_cidrs=config.pod_cidrs, exempt=config.non_masquerade,
+                                       state_dir=config.state)
+    node_network.restore()
     agent = core.Core(config.node, backend, program_for=program_source,
-                      attach_timeout=config.attach_timeout, metrics=agent_metrics)
+                      attach_timeout=config.attach_timeout, metrics=agent_metrics,
+                      node_addresses=config.node_ips or addresses.discover(), network=node_network)
     started: list = []
     try:
         adopted = agent.start()

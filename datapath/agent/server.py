@@ -118,6 +118,11 @@ class AgentServicer(rpc.AgentServicer):
         return pb.UpdateGroupsResponse(changed_entries=changed, digest=digest)
 
     @_errors_as_status
+    def SetNodes(self, request, context):
+        routes, digest = self.core.set_nodes(request.nodes, request.cluster_cidrs)
+        return pb.SetNodesResponse(routes=routes, digest=digest)
+
+    @_errors_as_status
     def Remove(self, request, context):
         namespace, name, uid = _pod_ref(request.pod)
         return pb.RemoveResponse(removed=self.core.remove(namespace, name, uid))
@@ -125,7 +130,8 @@ class AgentServicer(rpc.AgentServicer):
     @_errors_as_status
     def List(self, request, context):
         return pb.ListResponse(pods=[status_message(s) for s in self.core.list()],
-                               groups_digest=self.core.groups_digest())
+                               groups_digest=self.core.groups_digest(),
+                               nodes_digest=self.core.nodes_digest())
 
     @_errors_as_status
     def Get(self, request, context):

@@ -44,6 +44,7 @@ from tailor.lab.control import objects
 from tailor.operator.controller import engine as engine_
 from tailor.operator.controller import events, source
 from tailor.operator.controller.agents import Agents
+from tailor.operator.controller.nodetable import NodeTable
 from tailor.operator.controller.pusher import Pusher
 from tailor.operator.controller.reconcile import Reconciler
 
@@ -66,10 +67,12 @@ class Controller:
         self.lab = lab
         self.engine = engine_.Engine(retry_first=RETRY_FIRST, retry_max=RETRY_MAX)
         self.agents = Agents(self.engine.agent_address)
+        self.nodes = NodeTable(self.engine, self.agents, timeout=PUSH_TIMEOUT)
         self.reconciler = Reconciler(self.engine, self.agents, interval=RECONCILE_SECONDS,
-                                     timeout=PUSH_TIMEOUT)
+                                     timeout=PUSH_TIMEOUT, nodes=self.nodes)
         self.pusher = Pusher(self.engine, self.agents, self.reconciler.refresh, timeout=PUSH_TIMEOUT)
-        self.engine.on_agents = lambda nodes: self.reconciler.kick()
+        self.engine.on_agents = lambda nodes: (self.reconciler.kick(), self.nodes.kick())
+        self.engine.on_nodes = self.nodes.kick
         # Set on every view change. Never a lock of ours: the engine calls it
         # under its own lock, and sync() calls into the engine.
         self._changed = threading.Event()
@@ -86,6 +89,7 @@ class Controller:
                                       extra_handlers=(_json_handlers(self),))
         self.pusher.start()
         self.reconciler.start()
+        self.nodes.start()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -93,6 +97,7 @@ class Controller:
         self.engine.stop()
         self.pusher.join(PUSH_TIMEOUT + 2)
         self.reconciler.stop()
+        self.nodes.stop()
         self.agents.close()
 
     # -- sync ---------------------------------------------------------------------------
@@ -110,6 +115,8 @@ class Controller:
                 why.append(f"{key}: {view.state} {view.message}".rstrip())
         if not why and not self.engine.idle():
             why.append("pushes in flight")
+        why += [f"node {n}: its agent does not hold the node table yet (routes to other "
+                f"nodes' pods)" for n in self.nodes.unsettled()]
         return why
 
     def sync(self, timeout: float) -> dict:

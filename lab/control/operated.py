@@ -25,7 +25,7 @@ import socket
 import time
 import urllib.request
 
-from tailor.lab import apiserver
+from tailor.lab import agents, apiserver
 from tailor.lab.control import objects
 from tailor.lab import processes
 from tailor.lab import state as state_
@@ -157,7 +157,7 @@ def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | No
             why, stable = ["the operator has not seen the change yet"], 0
             time.sleep(POLL_SECONDS)
             continue
-        why = unsettled(data, held())
+        why = unsettled(data, held()) or agents.tables_unsettled(data)
         stable = 0 if why else stable + 1
         if stable >= STABLE_ROUNDS:
             m = metrics(data)

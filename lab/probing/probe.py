@@ -8,10 +8,18 @@ all source pods in parallel, so a probe takes about one timeout. Emulated
 lab: the agents' Trace RPC answers instead (the source's agent runs the
 source's programs, the destination's agent the destination's).
 
+Besides pod to pod it probes what a real node has: every node to every pod
+on its declared ports (a kubelet probing its own pods; other nodes), and
+every pod to a host outside the cluster (`OUTSIDE_PORT`, TCP and UDP), whose
+server records the source address each connection arrived from — with the
+node's masquerade it is the pod's node's address, never the pod's.
+
 The result has the `tailor connectivity` JSON shape, restricted to what was
-probed: `{"connections": [{"src", "dst", "protocol", "ports"}], "datapath",
-"probed": [...], "notes": [...]}`, ports being the probed ports that
-connected. SCTP is not probed (no SCTP sockets in this kernel, or none in
+probed: `{"connections": [{"src", "dst", "protocol", "ports"}], "nodes":
+[... src "<node>[Node]"], "outside": [... dst "<address>[Outside]"],
+"outside_seen": [the source addresses the outside host saw] (kernel),
+"datapath", "probed": [...], "notes": [...]}`, ports being the probed ports
+that connected. SCTP is not probed (no SCTP sockets in this kernel, or none in
 the probe); the notes say so.
 """
 from __future__ import annotations
@@ -27,9 +35,10 @@ from concurrent import futures
 from tailor.lab import netns as netns_
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.ports import PROTOCOLS
-from tailor.operator.policy import reachability
+from tailor.operator.policy import evaluate, reachability
 
 PROBED = ("TCP", "UDP")
+OUTSIDE_PORT = 8080
 TIMEOUT = 1.0
 SERVE_READY_SECONDS = 10.0
 
@@ -72,31 +81,67 @@ def run(lab: dict, timeout: float = TIMEOUT) -> dict:
     if missing:
         notes.append(f"not wired, not probed: {', '.join(missing)}")
     started = time.monotonic()
+    seen = None
     if lab["backend"] == "kernel":
-        opened = _kernel(pods, ports, timeout)
+        opened, seen = _kernel(lab, pods, ports, timeout)
         datapath = "kernel"
     else:
         opened = _emulated(lab, pods, ports)
         datapath = "emulated"
         notes.append("emulated lab: answered by the agents' Trace RPC (the programs in the "
                      "userspace VM), not by packets on wires")
-    connections = []
     order = sorted(pods, key=lambda p: (p["namespace"], p["name"], p["kind"]))
-    for src in order:
-        for dst in order:
-            if src is dst:
-                continue
+    sources = [node_ref(n["name"]) for n in lab["nodes"]] + [p["ref"] for p in order]
+    destinations = [p["ref"] for p in order] + [outside_ref(a) for a in outside_addresses(lab)]
+    found: dict[tuple[str, str, str], list[int]] = {}
+    for s_, d, proto, port in opened:
+        found.setdefault((s_, d, proto), []).append(port)
+    groups = {"connections": [], "nodes": [], "outside": []}
+    for src in sources:
+        for dst in destinations:
             for protocol in PROBED:
-                found = sorted(port for (s, d, proto, port) in opened
-                               if s == src["ref"] and d == dst["ref"] and proto == protocol)
-                if found:
-                    connections.append({"src": src["ref"], "dst": dst["ref"], "protocol": protocol,
-                                        "ports": reachability.format_ranges(_ranges(found))})
+                got = found.get((src, dst, protocol))
+                if src == dst or not got:
+                    continue
+                kind = "nodes" if src.endswith("[Node]") else "outside" if dst.endswith("[Outside]") \
+                    else "connections"
+                groups[kind].append({"src": src, "dst": dst, "protocol": protocol,
+                                     "ports": reachability.format_ranges(_ranges(got))})
     all_ports = sorted({pp for v in ports.values() for pp in v}, key=lambda pp: (PROTOCOLS.index(pp[0]), pp[1]))
     probed = [f"{proto} {reachability.format_ranges(_ranges([p for q, p in all_ports if q == proto]))}"
               for proto in PROBED if any(q == proto for q, _ in all_ports)]
-    return {"connections": connections, "datapath": datapath, "probed": probed, "notes": notes,
-            "seconds": round(time.monotonic() - started, 2)}
+    probed.append(f"outside TCP/UDP {OUTSIDE_PORT}")
+    out = {**groups, "datapath": datapath, "probed": probed, "notes": notes,
+           "seconds": round(time.monotonic() - started, 2)}
+    if seen is not None:
+        out["outside_seen"] = seen
+    return out
+
+
+def node_ref(name: str) -> str:
+    return f"{name}[Node]"
+
+
+def outside_ref(address: str) -> str:
+    return f"{address}[Outside]"
+
+
+def outside_addresses(lab: dict) -> list[str]:
+    return [a.split("/")[0] for a in (lab.get("outside") or {}).get("addresses", [])]
+
+
+def _family_pick(candidates: list[str], dst: list[str]) -> tuple[str, str] | None:
+    """(source address, destination address) of the first family both have, IPv4 first."""
+    for family in (4, 6):
+        a = [x for x in candidates if ipaddress.ip_address(x).version == family]
+        b = [x for x in dst if ipaddress.ip_address(x).version == family]
+        if a and b:
+            return a[0], b[0]
+    return None
+
+
+def node_addresses(node: dict) -> list[str]:
+    return [a.split("/")[0] for a in node["underlay"]]
 
 
 def restrict(connections: list[dict], probed: dict[str, list[tuple[str, int]]]) -> list[dict]:
@@ -122,25 +167,94 @@ def expected(lab: dict) -> list[dict]:
     return restrict(reachability.connectivity(model(lab)), targets(lab)[0])
 
 
+def expected_nodes(lab: dict) -> list[dict]:
+    """What the model says of every node to every pod on its probed ports."""
+    state, ports = model(lab), targets(lab)[0]
+    out = []
+    for node in lab["nodes"]:
+        for pod in sorted(_wired(lab), key=lambda p: p["ref"]):
+            pair = _family_pick(node_addresses(node), pod["addresses"])
+            if pair is None:
+                continue
+            target = state.find_pod(pod["ref"])
+            for protocol in PROBED:
+                allowed = [port for proto, port in ports[pod["ref"]] if proto == protocol
+                           and evaluate.connection_allowed(state, pair[0], target, protocol, port)]
+                if allowed:
+                    out.append({"src": node_ref(node["name"]), "dst": pod["ref"], "protocol": protocol,
+                                "ports": reachability.format_ranges(_ranges(allowed))})
+    return out
+
+
+def expected_outside(lab: dict) -> list[dict]:
+    """What the model says of every pod to the outside host."""
+    state = model(lab)
+    out = []
+    for pod in sorted(_wired(lab), key=lambda p: p["ref"]):
+        pair = _family_pick(pod["addresses"], outside_addresses(lab))
+        if pair is None:
+            continue
+        for protocol in PROBED:
+            if evaluate.connection_allowed(state, state.find_pod(pod["ref"]), pair[1], protocol,
+                                           OUTSIDE_PORT):
+                out.append({"src": pod["ref"], "dst": outside_ref(pair[1]), "protocol": protocol,
+                            "ports": str(OUTSIDE_PORT)})
+    return out
+
+
+def check(lab: dict, result: dict) -> list[str]:
+    """Every difference between a probe's result and the model, and every
+    connection the outside saw from an address other than its pod's node's."""
+    out = differences(result["connections"], expected(lab))
+    out += differences(result.get("nodes", []), expected_nodes(lab))
+    out += differences(result.get("outside", []), expected_outside(lab))
+    seen = result.get("outside_seen")
+    if seen is None:
+        return out
+    where = {p["ref"]: p["node"] for p in lab["pods"]}
+    reaching = {where[c["src"]] for c in result.get("outside", [])}
+    nodes = {n["name"]: set(node_addresses(n)) for n in lab["nodes"]}
+    pods = {a: p["ref"] for p in lab["pods"] for a in p.get("addresses", [])}
+    for address in seen:
+        if address in pods:
+            out.append(f"outside saw {pods[address]}'s own address {address}: not masqueraded")
+        elif not any(address in nodes[n] for n in reaching):
+            out.append(f"outside saw {address}, the address of no node whose pods reached it")
+    for n in sorted(reaching):
+        if not nodes[n] & set(seen):
+            out.append(f"outside saw no connection from node {n}'s address, though its pods reached it")
+    return out
+
+
+def _wired(lab: dict) -> list[dict]:
+    return [p for p in lab["pods"] if p.get("addresses")]
+
+
 def model(lab: dict):
     """The ClusterState of the lab's manifests with each wired pod at the
-    addresses the lab gave it (pods not wired are left out)."""
+    addresses the lab gave it, on the node the lab put it (pods not wired are
+    left out), and the lab's nodes at their underlay addresses."""
     import dataclasses
 
+    from tailor.operator.cluster.objects import Node
     from tailor.operator.cluster.state import ClusterState
 
     declared = manifests.load(lab["manifests"])
-    at = {p["ref"]: tuple(p["addresses"]) for p in lab["pods"] if p.get("addresses")}
+    at = {p["ref"]: (tuple(p["addresses"]), p["node"]) for p in lab["pods"] if p.get("addresses")}
     cluster = ClusterState()
     cluster.namespaces = dict(declared.namespaces)
     cluster.nodes = dict(declared.nodes)
+    for n in lab["nodes"]:
+        labels = declared.nodes[n["name"]].labels if n["name"] in declared.nodes \
+            else {"kubernetes.io/hostname": n["name"]}
+        cluster.add_node(Node(n["name"], labels, tuple(node_addresses(n)), tuple(n["pod_cidrs"])))
     for policy in declared.network_policies.values():
         cluster.add_network_policy(policy)
     for policy in declared.cluster_wide_policies():
         cluster.add_admin_policy(policy)
     for pod in declared.sorted_pods():
         if pod.ref in at:
-            cluster.add_pod(dataclasses.replace(pod, ips=at[pod.ref]))
+            cluster.add_pod(dataclasses.replace(pod, ips=at[pod.ref][0], node=at[pod.ref][1]))
     return cluster
 
 
@@ -154,54 +268,84 @@ def differences(got: list[dict], want: list[dict]) -> list[str]:
 
 # -- kernel: real sockets ---------------------------------------------------------
 
-def _kernel(pods: list[dict], ports: dict, timeout: float) -> set[tuple]:
+def _kernel(lab: dict, pods: list[dict], ports: dict, timeout: float):
+    """(opened (src, dst, protocol, port) set, the source addresses the outside saw)."""
     servers = []
     try:
         for pod in pods:
             tcp = ",".join(str(p) for proto, p in ports[pod["ref"]] if proto == "TCP")
             udp = ",".join(str(p) for proto, p in ports[pod["ref"]] if proto == "UDP")
-            if not tcp and not udp:
-                continue
-            argv = netns_.exec_argv(pod["netns"], [sys.executable, "-m", "tailor.lab.probing.serve",
-                                                   "--tcp", tcp, "--udp", udp])
-            servers.append((pod, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                  text=True)))
-        for pod, proc in servers:
+            if tcp or udp:
+                servers.append((pod["ref"], _serve(pod["netns"], ["--tcp", tcp, "--udp", udp])))
+        outside = lab.get("outside") or {}
+        if outside.get("netns"):
+            servers.append(("outside", _serve(outside["netns"], [
+                "--tcp", str(OUTSIDE_PORT), "--udp", str(OUTSIDE_PORT), "--peers"])))
+        for ref, proc in servers:
             line = proc.stdout.readline().strip()
             if line != "ready":
                 proc.kill()
-                raise ProbeError(f"the servers in {pod['ref']} did not start: "
+                raise ProbeError(f"the servers in {ref} did not start: "
                                  f"{(line + proc.stderr.read()).strip()[-300:]}")
-        with futures.ThreadPoolExecutor(max_workers=min(32, len(pods) or 1)) as pool:
-            results = pool.map(lambda src: _dial_from(src, pods, ports, timeout), pods)
-            return set().union(*results) if pods else set()
+        jobs = [(p["netns"], p["ref"], _pod_targets(p, pods, ports, lab)) for p in pods]
+        jobs += [(n["netns"], node_ref(n["name"]), _node_targets(n, pods, ports)) for n in lab["nodes"]]
+        with futures.ThreadPoolExecutor(max_workers=min(32, len(jobs) or 1)) as pool:
+            results = list(pool.map(lambda job: _dial(job[0], job[1], job[2], timeout), jobs))
+        opened = set().union(*results) if results else set()
+        seen: list[str] = []
+        if outside.get("netns"):
+            _, proc = servers.pop()
+            proc.kill()
+            out, _ = proc.communicate()
+            seen = sorted({line.split()[1] for line in out.splitlines() if line.startswith("peer ")})
+        return opened, seen
     finally:
         for _, proc in servers:
             proc.kill()
             proc.wait()
 
 
-def _dial_from(src: dict, pods: list[dict], ports: dict, timeout: float) -> set[tuple]:
-    targets, keys = [], {}
+def _serve(netns: str, args: list[str]) -> subprocess.Popen:
+    argv = netns_.exec_argv(netns, [sys.executable, "-m", "tailor.lab.probing.serve", *args])
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _pod_targets(src: dict, pods: list[dict], ports: dict, lab: dict) -> list[tuple]:
+    """(dst ref, address, protocol, port) from `src`: every other pod, and the outside."""
+    out = []
     for dst in pods:
-        if dst is src:
-            continue
-        address = pair_address(src, dst)
-        if address is None:
-            continue
-        for protocol, port in ports[dst["ref"]]:
-            keys[len(targets)] = (src["ref"], dst["ref"], protocol, port)
-            targets.append({"id": len(targets), "address": address, "protocol": protocol, "port": port})
+        address = pair_address(src, dst) if dst is not src else None
+        if address is not None:
+            out += [(dst["ref"], address, protocol, port) for protocol, port in ports[dst["ref"]]]
+    pair = _family_pick(src["addresses"], outside_addresses(lab))
+    if pair is not None:
+        out += [(outside_ref(pair[1]), pair[1], protocol, OUTSIDE_PORT) for protocol in PROBED]
+    return out
+
+
+def _node_targets(node: dict, pods: list[dict], ports: dict) -> list[tuple]:
+    out = []
+    for dst in pods:
+        pair = _family_pick(node_addresses(node), dst["addresses"])
+        if pair is not None:
+            out += [(dst["ref"], pair[1], protocol, port) for protocol, port in ports[dst["ref"]]]
+    return out
+
+
+def _dial(netns: str, src: str, targets: list[tuple], timeout: float) -> set[tuple]:
     if not targets:
         return set()
-    argv = netns_.exec_argv(src["netns"], [sys.executable, "-m", "tailor.lab.probing.dial",
-                                           "--timeout", str(timeout)])
-    proc = subprocess.run(argv, input=json.dumps(targets), capture_output=True, text=True,
+    request = [{"id": i, "address": address, "protocol": protocol, "port": port}
+               for i, (_, address, protocol, port) in enumerate(targets)]
+    argv = netns_.exec_argv(netns, [sys.executable, "-m", "tailor.lab.probing.dial",
+                                    "--timeout", str(timeout)])
+    proc = subprocess.run(argv, input=json.dumps(request), capture_output=True, text=True,
                           timeout=timeout * 4 + 20)
     if proc.returncode != 0:
-        raise ProbeError(f"dialing from {src['ref']} failed: {proc.stderr.strip()[-300:]}")
+        raise ProbeError(f"dialing from {src} failed: {proc.stderr.strip()[-300:]}")
     answers = json.loads(proc.stdout)
-    return {keys[int(i)] for i, outcome in answers.items() if outcome == "open"}
+    return {(src, targets[int(i)][0], targets[int(i)][2], targets[int(i)][3])
+            for i, outcome in answers.items() if outcome == "open"}
 
 
 # -- emulated: the agents' Trace ------------------------------------------------------
@@ -233,6 +377,25 @@ def _emulated(lab: dict, pods: list[dict], ports: dict) -> set[tuple]:
                             src=src_addr, dst=dkey, protocol=protocol, dst_port=port), timeout=10).allowed
                     if allowed:
                         opened.add((src["ref"], dst["ref"], protocol, port))
+        for node in lab["nodes"]:
+            for dst in pods:
+                pair = _family_pick(node_addresses(node), dst["addresses"])
+                if pair is None:
+                    continue
+                for protocol, port in ports[dst["ref"]]:
+                    if stubs[dst["node"]].Trace(pb.TraceRequest(
+                            src=pair[0], dst=f"{dst['namespace']}/{dst['name']}", protocol=protocol,
+                            dst_port=port), timeout=10).allowed:
+                        opened.add((node_ref(node["name"]), dst["ref"], protocol, port))
+        for src in pods:
+            pair = _family_pick(src["addresses"], outside_addresses(lab))
+            if pair is None:
+                continue
+            for protocol in PROBED:
+                if stubs[src["node"]].Trace(pb.TraceRequest(
+                        src=f"{src['namespace']}/{src['name']}", dst=pair[1], protocol=protocol,
+                        dst_port=OUTSIDE_PORT), timeout=10).allowed:
+                    opened.add((src["ref"], outside_ref(pair[1]), protocol, OUTSIDE_PORT))
     finally:
         for c in channels.values():
             c.close()

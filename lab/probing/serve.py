@@ -1,7 +1,7 @@
 """A pod's servers: `python3 -m tailor.lab.probing.serve --tcp 80,81 --udp 80,81`.
 
 Started by probe (one per pod, inside the pod's namespace, for the length of
-a probe) and by tests (the long-lived stream). TCP listeners echo what they
+a probe; one on the outside host with --peers) and by tests (the long-lived stream). TCP listeners echo what they
 receive; UDP sockets echo each datagram to its sender. Sockets are IPv6 with
 IPV6_V6ONLY off, so one socket per port answers IPv4 and IPv6. Prints
 `ready` on stdout once every socket is bound, then serves until killed.
@@ -31,7 +31,7 @@ def _bind(kind: int, port: int) -> socket.socket:
     return sock
 
 
-def serve(tcp: list[int], udp: list[int]) -> None:
+def serve(tcp: list[int], udp: list[int], peers: bool = False) -> None:
     sel = selectors.DefaultSelector()
     for port in tcp:
         sel.register(_bind(socket.SOCK_STREAM, port), selectors.EVENT_READ, "listen")
@@ -43,11 +43,15 @@ def serve(tcp: list[int], udp: list[int]) -> None:
             sock = key.fileobj
             try:
                 if key.data == "listen":
-                    conn, _ = sock.accept()
+                    conn, peer = sock.accept()
+                    if peers:
+                        print(f"peer {_bare(peer[0])}", flush=True)
                     conn.setblocking(False)
                     sel.register(conn, selectors.EVENT_READ, "conn")
                 elif key.data == "udp":
                     data, peer = sock.recvfrom(65535)
+                    if peers:
+                        print(f"peer {_bare(peer[0])}", flush=True)
                     sock.sendto(data, peer)
                 else:
                     data = sock.recv(65535)
@@ -64,6 +68,11 @@ def serve(tcp: list[int], udp: list[int]) -> None:
                     sock.close()
 
 
+def _bare(address: str) -> str:
+    """An IPv4 peer of a dual-stack socket comes as ::ffff:a.b.c.d."""
+    return address.removeprefix("::ffff:")
+
+
 def _ports(text: str) -> list[int]:
     return [int(p) for p in text.split(",") if p]
 
@@ -72,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tailor.lab.probing.serve")
     parser.add_argument("--tcp", type=_ports, default=[])
     parser.add_argument("--udp", type=_ports, default=[])
+    parser.add_argument("--peers", action="store_true",
+                        help="print `peer ADDRESS` for each connection and datagram")
     args = parser.parse_args(argv)
     try:
-        serve(args.tcp, args.udp)
+        serve(args.tcp, args.udp, args.peers)
     except KeyboardInterrupt:
         return 0
     except OSError as e:

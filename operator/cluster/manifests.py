@@ -23,6 +23,7 @@ represented by them instead of by a pod made from its template.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -113,7 +114,7 @@ def apply_object(state: ClusterState, obj: Mapping, file: str = "<object>") -> N
         if kind == "Namespace":
             state.add_namespace(name, selectors.parse_labels(meta.get("labels"), "metadata.labels"))
         elif kind == "Node":
-            state.add_node(_node(obj, name, meta))
+            state.add_node(node_from(obj, name))
         elif kind == "Pod" or kind in WORKLOAD_KINDS:
             pod, families = pods.from_manifest(obj, namespace, name)
             state.add_pod(pod, families)
@@ -199,8 +200,20 @@ def _without_represented(objects: list[tuple[str, Mapping]]) -> list[tuple[str, 
     return keep
 
 
-def _node(obj: Mapping, name: str, meta: Mapping) -> Node:
+def node_from(obj: Mapping, name: str) -> Node:
+    """A Node object as the API holds it: InternalIP and ExternalIP addresses,
+    spec.podCIDRs (else the older single spec.podCIDR). Raises InvalidSpec
+    for a pod CIDR that is not one."""
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     labels = selectors.parse_labels(meta.get("labels"), "metadata.labels")
     ips = tuple(a.get("address") for a in (obj.get("status") or {}).get("addresses") or []
                 if isinstance(a, Mapping) and a.get("type") in ("InternalIP", "ExternalIP") and a.get("address"))
-    return Node(name, labels, ips)
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    parsed = []
+    for i, cidr in enumerate(cidrs):
+        try:
+            parsed.append(str(ipaddress.ip_network(cidr)))
+        except (TypeError, ValueError):
+            raise InvalidSpec(f"spec.podCIDRs[{i}]", f"{cidr!r} is not a CIDR") from None
+    return Node(name, labels, ips, tuple(parsed))

@@ -28,10 +28,13 @@ class Namespace:
 
 @dataclasses.dataclass(frozen=True)
 class Node:
-    """A node: labels for ANP `nodes` peers, addresses for matching them by IP."""
+    """A node: labels for ANP `nodes` peers, addresses for matching them by IP
+    (and for letting a node into its own pods), pod CIDRs for routing to its
+    pods (spec.podCIDRs, as kube-controller-manager allocates them)."""
     name: str
     labels: Mapping[str, str]
     ips: tuple[str, ...] = ()
+    pod_cidrs: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ import struct
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R5, R6, R7, R8, R9, R10
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
+from tailor.datapath import groups as node_groups
 from tailor.datapath import layout
 from tailor.operator.compiler import conntrack, forward, labels, parse, rules
 from tailor.operator.compiler.program import CompileError, PodPrograms, Program
@@ -249,6 +250,10 @@ def entries(spec: ProgramSpec, direction: str, members) -> dict[str, dict[bytes,
     """The generic program's maps for one pod and direction."""
     d = spec.direction(direction)
     groups = sorted({p.id for r in d.rules for p in r.peers if isinstance(p, Group)})
+    # Ingress policy lets the pod's own node in: the first rule, on its own peer.
+    node = direction == INGRESS and d.enforced
+    if node:
+        groups = [node_groups.HOST] + [g for g in groups if g != node_groups.HOST]
     names = sorted({p for r in d.rules for p in r.ports or () if isinstance(p, NamedPort)})
     if len(names) > 32:
         raise CompileError(f"pod {spec.pod}: generic mode holds 32 named "
@@ -261,6 +266,12 @@ def entries(spec: ProgramSpec, direction: str, members) -> dict[str, dict[bytes,
         raise CompileError(f"pod {spec.pod}: generic mode holds {MAX_PEERS} peers per direction, "
                            f"{direction} rules have {len(peer_id)}")
     rules = _flatten(spec, d, peer_id, slot)
+    if node:
+        rules = [_FlatRule(Action.ALLOW, ANY_PORT_FLAG, 1 << peer_id[("g", node_groups.HOST)], 0, ())] \
+            + [dataclasses.replace(r, pass_to=r.pass_to + 1 if r.pass_to else 0) for r in rules]
+        if len(rules) > MAX_RULES:
+            raise CompileError(f"pod {spec.pod}: generic mode holds {MAX_RULES} rules per direction, "
+                               f"this pod needs {len(rules)}")
     out: dict[str, dict[bytes, bytes]] = {
         "gcfg": {struct.pack("<I", 0): CFG.pack(
             ipaddress.ip_address(spec.ipv4 or "0.0.0.0").packed,

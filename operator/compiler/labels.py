@@ -49,6 +49,10 @@ def alternative(f: int, tier_index: int, rule_index: int, kind: str, index: int)
     return f"ipv{f}_t{tier_index}_r{rule_index}_{kind}{index}"
 
 
+def not_node(f: int) -> str:
+    return f"v{f}_not_node"
+
+
 def spoof_ok(f: int) -> str:
     return f"ipv{f}_source_ok"
 

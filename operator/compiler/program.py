@@ -13,7 +13,8 @@ emitted at all:
     header      r6 = ctx
     ethertype   ARP passes; each of the pod's families to its parser; else drop
     per family  parse -> anti-spoof (egress) -> reply? (conntrack)
-                -> peer lookup -> named-port lookup -> tiers -> record (conntrack)
+                -> peer lookup -> own node? (ingress) -> named-port lookup
+                -> tiers -> record (conntrack)
     footer      allow: TC_ACT_OK; drop: TC_ACT_SHOT
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import struct
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R6, R9, R10
 from tailor.datapath.ebpf.maps import MapSpec
+from tailor.datapath import groups as node_groups
 from tailor.datapath import layout
 from tailor.operator.compiler import conntrack, forward, labels, parse, rules
 from tailor.operator.compiler.spec import (EGRESS, INGRESS, Cidr, Direction, Group, NamedPort,
@@ -193,9 +195,10 @@ class PodPrograms:
 
     @functools.cached_property
     def groups(self) -> frozenset[str]:
-        """The node-wide groups the instructions test (a tier the compiler
-        left out names none)."""
-        return self.ingress.groups | self.egress.groups
+        """The node-wide groups the instructions test whose members the
+        program source keeps (a tier the compiler left out names none; the
+        agent keeps HOST itself)."""
+        return (self.ingress.groups | self.egress.groups) - {node_groups.HOST}
 
     @functools.cached_property
     def hash(self) -> str:
@@ -221,6 +224,8 @@ def features_of(spec: ProgramSpec, direction: str) -> set[str]:
         out.update(("anti-spoof", "redirect"))
     if d.enforced:
         out.add(f"{direction}-policy")
+        if direction == INGRESS:
+            out.add("node-allow")
     if d.enforced or other.enforced:
         out.add("conntrack")
     kinds = {t.kind for t in d.tiers}
@@ -242,7 +247,8 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
     d = spec.direction(direction)
     other = spec.direction(conntrack.OPPOSITE[direction])
     features = features_of(spec, direction)
-    groups = "selectors" in features
+    # Ingress policy lets the pod's own node in, which is a group test.
+    groups = "selectors" in features or "node-allow" in features
     named = "named-ports" in features
     frame = layout.Frame.plan()
     maps: dict[str, MapSpec] = {}
@@ -270,6 +276,11 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
             if groups:
                 with b.annotate("peers: the remote address's groups on this node"):
                     _peer_lookup(b, family, remote)
+            if direction == INGRESS:
+                with b.annotate("node: the pod's own node is always let in (kubelet probes)"):
+                    rules.group_test(b, node_groups.HOST, labels.family_allow(family),
+                                     labels.not_node(family))
+                    b.label(labels.not_node(family))
             if named:
                 with b.annotate("named ports: which the remote pod exposes at this port"):
                     rules.named_port_lookup(b, family, frame, remote)

@@ -58,11 +58,7 @@ def _rule(b: Builder, rule: Rule, family: int, ti: int, ri: int, target: str,
         for pi, peer in enumerate(peers):
             miss = labels.alternative(family, ti, ri, "peer", pi)
             if isinstance(peer, Group):
-                # The node numbers its groups: the loader fills in the
-                # word offset and the bit (isa.Insn.group).
-                b.jeq(R9, 0, miss)
-                b.load(4, R1, R9, 0, group=peer.id)
-                b.jump_if("jset", R1, 1, ports_label, wide=False, group=peer.id)
+                group_test(b, peer.id, ports_label, miss)
             else:
                 _cidr(b, peer, remote, miss, ports_label,
                       lambda ei: labels.alternative(family, ti, ri, f"peer{pi}_except", ei))
@@ -74,6 +70,15 @@ def _rule(b: Builder, rule: Rule, family: int, ti: int, ri: int, target: str,
     else:
         _ports(b, rule.ports, family, ti, ri, target, np_bits)
     b.label(next_rule)
+
+
+def group_test(b: Builder, group: str, hit: str, miss: str) -> None:
+    """To `hit` when the remote address (r9: its bitmap in the identity map,
+    or 0) is in `group`, else to `miss`. The node numbers its groups: the
+    loader fills in the word offset and the bit (isa.Insn.group)."""
+    b.jeq(R9, 0, miss)
+    b.load(4, R1, R9, 0, group=group)
+    b.jump_if("jset", R1, 1, hit, wide=False, group=group)
 
 
 def _ports(b: Builder, ports, family: int, ti: int, ri: int, target: str, np_bits: int) -> None:

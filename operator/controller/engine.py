@@ -118,6 +118,7 @@ class Engine:
         self.counters: collections.Counter = collections.Counter()
         self.errors: collections.deque = collections.deque(maxlen=50)
         self.on_views: Callable[[], None] = lambda: None    # the writer's wake-up
+        self.on_nodes: Callable[[], None] = lambda: None    # a Node changed (nodetable.py)
         # Through a lambda, not on_views itself: app replaces on_views after this.
         self.views = views.Views(self.world, on_change=lambda: self.on_views())
         self.on_agents: Callable[[set[str]], None] = lambda nodes: None   # agents moved
@@ -141,6 +142,7 @@ class Engine:
             nodes = self.world.agent_nodes()
             judged = bool(self.world.changed_verdicts)
         self.on_agents(nodes)
+        self.on_nodes()
         if judged:
             self.on_policy_verdicts()
         return errors
@@ -169,6 +171,8 @@ class Engine:
             judged = bool(self.world.changed_verdicts)
         if outcome.agents:
             self.on_agents(outcome.agents)
+        if kind == events.NODE:
+            self.on_nodes()
         if judged:
             self.on_policy_verdicts()
         return outcome
@@ -511,6 +515,11 @@ class Engine:
     def agent_address(self, node: str) -> str | None:
         with self._lock:
             return self.world.agent_address(node)
+
+    def cluster_nodes(self) -> list:
+        """Every Node of the model (objects.Node), by name."""
+        with self._lock:
+            return [self.world.state.nodes[n] for n in sorted(self.world.state.nodes)]
 
     def agent_nodes(self) -> set[str]:
         """Nodes with an agent address or with programs sent to them."""

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 
 from tailor.operator import affected, groups, selectors
 from tailor.operator.cluster import adminpolicy, manifests, networkpolicy, pods
-from tailor.operator.cluster.objects import Node, Pod
+from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.errors import InvalidSpec
 
@@ -95,6 +95,8 @@ def essence(kind: str, body: Mapping) -> dict:
         out["status"] = {k: _plain(status[k]) for k in ("phase", "podIP", "podIPs") if status.get(k)}
     elif kind == NODE:
         out["status"] = {"addresses": _plain((body.get("status") or {}).get("addresses") or [])}
+        spec = body.get("spec") or {}
+        out["spec"] = {k: _plain(spec[k]) for k in ("podCIDRs", "podCIDR") if spec.get(k)}
     elif kind != NAMESPACE:
         out["spec"] = _plain(body.get("spec") or {})
     return out
@@ -247,12 +249,7 @@ class World:
                 out.affected = affected.by_node(self.state, old, None)
                 out.groups = self.memberships.nodes_changed(old, None)
             return out
-        meta = body.get("metadata") or {}
-        labels = selectors.parse_labels(meta.get("labels"), "metadata.labels")
-        ips = tuple(a.get("address") for a in (body.get("status") or {}).get("addresses") or []
-                    if isinstance(a, Mapping) and a.get("type") in ("InternalIP", "ExternalIP")
-                    and a.get("address"))
-        new = Node(name, labels, ips)
+        new = manifests.node_from(body, name)
         if new != old:
             self.state.add_node(new)
             out.affected = affected.by_node(self.state, old, new)

@@ -9,7 +9,8 @@ hands the answer to engine.reported(), which
     (agent restart, lost push), counted as `repairs`;
   - returns the pods the agent holds that the cluster no longer has
     (deleted while the operator was away), which are removed here;
-  - brings the PodProgram views up to date (Loaded / Pending / Failed).
+  - brings the PodProgram views up to date (Loaded / Pending / Failed);
+  - tells the node table which table the agent holds (nodetable.py).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ log = logging.getLogger("tailor.operator.reconcile")
 
 class Reconciler:
     def __init__(self, engine: engine_.Engine, agents: Agents, *, interval: float = 30.0,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, nodes=None):
         self.engine = engine
+        self.nodes = nodes                  # nodetable.NodeTable: told which table each agent holds
         self.agents = agents
         self.interval = interval
         self.timeout = timeout
@@ -81,6 +83,8 @@ class Reconciler:
             except grpc.RpcError as e:
                 log.info("List on node %s: %s: %s", node, e.code().name, e.details())
                 continue
+            if self.nodes is not None:
+                self.nodes.listed(node, answer.nodes_digest)
             held = [(f"{s.pod.namespace}/{s.pod.name}", report_of(s)) for s in answer.pods]
             for work in self.engine.reported(node, held, at, answer.groups_digest):
                 try:

@@ -17,9 +17,14 @@ destination pod may receive it (ingress); an end that is not a cluster pod has
 no policy. Replies of an allowed connection are allowed (stateful), which is
 why this judges connections, not packets. A pod talking to itself is always
 allowed: loopback traffic never leaves the pod (the Kubernetes e2e tables
-expect it allowed, even under deny-all).
+expect it allowed, even under deny-all). Traffic from one of the addresses of
+the destination pod's own node is always allowed in (kubelet probes: a pod
+cannot block its resident node); other nodes' addresses are ordinary peers
+(ipBlocks, AdminNetworkPolicy `nodes`), and hostNetwork pods are their node.
 """
 from __future__ import annotations
+
+import ipaddress
 
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.ports import MAX_PORT, MIN_PORT, PROTOCOLS
@@ -76,6 +81,9 @@ def decide(state: ClusterState, direction: str, local: Endpoint, peer: Endpoint,
            protocol: str, port: int) -> verdict.Verdict:
     """The tier ladder for traffic of the pod `local` with `peer` in `direction`
     (`port` is always the connection's destination port)."""
+    if direction == verdict.INGRESS and from_own_node(state, local, peer):
+        return verdict.Verdict(True, direction, verdict.NODE,
+                               reason=f"{peer.ip} is an address of {local.pod.node}, the pod's node")
     # 1. The Admin tier (ANPs, Admin CNPs): the first matching rule decides unless it passes.
     hit = admin.first_match(state, state.admin_policies_in_order(), direction, local, peer, protocol, port)
     if hit is not None and hit.rule.action != "Pass":
@@ -99,6 +107,17 @@ def decide(state: ClusterState, direction: str, local: Endpoint, peer: Endpoint,
         passed = "; ".join(x for x in (passed, f"passed by {hit.policy.name} {hit.rule_ref}") if x)
     # 4. Nobody has an opinion: Kubernetes allows.
     return verdict.Verdict(True, direction, verdict.DEFAULT, reason=passed or "no policy applies")
+
+
+def from_own_node(state: ClusterState, local: Endpoint, peer: Endpoint) -> bool:
+    """Is `peer` an address of the node `local` (a pod) runs on?"""
+    if peer.pod is not None or local.pod is None or not local.pod.node:
+        return False
+    node = state.nodes.get(local.pod.node)
+    if node is None:
+        return False
+    ip = ipaddress.ip_address(peer.ip)
+    return any(ipaddress.ip_address(a) == ip for a in node.ips)
 
 
 def _with_reason(v: verdict.Verdict, note: str) -> verdict.Verdict:

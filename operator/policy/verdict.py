@@ -16,6 +16,7 @@ NETWORK = "NetworkPolicy"
 BASELINE = "BaselineAdminNetworkPolicy"
 DEFAULT = "default"      # no tier had an opinion: Kubernetes allows
 LOOPBACK = "loopback"    # a pod talking to itself never leaves the pod
+NODE = "node"            # from the pod's own node (kubelet probes): always allowed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ from tailor.datapath.agent import wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.operator.cluster import manifests
 from tailor.operator.cluster.state import ClusterState
-from tailor.datapath.groups import GroupChange
+from tailor.datapath.groups import HOST, GroupChange
 from tailor.operator import groups
 from tailor.operator.compiler import build
 
@@ -54,5 +54,5 @@ def programs(ports=(80,), with_policy: bool = True) -> dict[str, pb.PodProgram]:
 
 def group_of(received) -> str:
     """The one group a received program tests (the server's: its clients)."""
-    (gid,) = {i.group for insns in received.insns.values() for i in insns if i.group}
+    (gid,) = {i.group for insns in received.insns.values() for i in insns if i.group} - {HOST}
     return gid

@@ -13,6 +13,10 @@ d. compiling is deterministic (same state, or the same manifests in another
    relabelled or deleted) changes group members by that pod's addresses
    only, never other pods' programs; the members kept up to date change by
    change equal those computed afresh;
+f. node traffic: with every pod on one node, connections from that node's
+   addresses are allowed into every pod whatever the policies, and from
+   another node's addresses judged like any address (ipBlocks), by the VM
+   and the kernel as by the model;
 e. specialisation: a pod no policy selects has no policy, conntrack, peer or
    named-port code or maps, and fewer instructions than the same pod
    isolated; the address families compiled in are exactly the pod's, and a
@@ -214,6 +218,83 @@ def test_vm_verdicts_do_not_depend_on_earlier_connections(cluster, data):
             got = node.trace(src.ref, dst.ref, flow)
             want = policy.connection_allowed(state, src, dst, protocol, port, family)
             assert got.allowed == want, f"connection {i}: " + describe(state, src, dst, protocol, port, family, got)
+
+
+# --- f: node traffic ------------------------------------------------------------------------
+# Two nodes at addresses the strategies' CIDRs are built around, so ipBlocks
+# sometimes hold the other node.
+HOME = ("192.168.7.1", "2001:db8::1")
+OTHER = ("10.2.0.1", "fd00::7:1")
+
+
+def on_one_node(state: ClusterState) -> ClusterState:
+    """`state` with every pod on node `home` and the nodes home and other."""
+    from tailor.operator.cluster.objects import Node
+
+    out = ClusterState()
+    out.namespaces = dict(state.namespaces)
+    out.nodes = dict(state.nodes)
+    out.add_node(Node("home", {"kubernetes.io/hostname": "home"}, HOME))
+    out.add_node(Node("other", {"kubernetes.io/hostname": "other"}, OTHER))
+    for p in state.network_policies.values():
+        out.add_network_policy(p)
+    for p in state.cluster_wide_policies():
+        out.add_admin_policy(p)
+    for pod in state.sorted_pods():
+        out.add_pod(dataclasses.replace(pod, node="home"))
+    return out
+
+
+def node_mismatches(state: ClusterState, engine: str) -> tuple[list[str], int]:
+    wrong, count = [], 0
+    built = build.build(state)
+    node = tracing.Node(trace.engine(engine), state, addresses=HOME)
+    try:
+        for b in built.values():
+            node.add(b.spec, b.programs)
+        for dst in state.sorted_pods():
+            for address in HOME + OTHER:
+                family = ipaddress.ip_address(address).version
+                target = dst.ip(family)
+                if target is None:
+                    continue
+                for protocol in PROTOCOLS:
+                    for port in probe_ports(state, dst, protocol):
+                        node.reset_conntrack()
+                        got = node.trace(address, dst.ref, pk.Flow(address, target, protocol,
+                                                                   tracing.CLIENT_PORT, port))
+                        want = policy.connection_allowed(state, address, dst, protocol, port)
+                        count += 1
+                        if got.allowed != want:
+                            steps = ", ".join(f"{s.direction}={s.retval}" for s in got.steps)
+                            wrong.append(f"{address} -> {dst.ref} {protocol}/{port}: model "
+                                         f"{policy.connection_verdict(state, address, dst, protocol, port)};"
+                                         f" programs {steps}")
+    finally:
+        node.close()
+    return wrong, count
+
+
+@examples(100)
+@given(cs.cluster())
+def test_vm_node_traffic_equals_the_model(cluster):
+    state = on_one_node(load(cluster))
+    wrong, count = node_mismatches(state, "emulated")
+    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+    # The home node is always let in.
+    for dst in state.sorted_pods():
+        address = next((a for a in HOME if dst.ip(ipaddress.ip_address(a).version)), None)
+        if address is not None:
+            assert policy.connection_allowed(state, address, dst, "TCP", 80)
+
+
+@pytest.mark.kernel
+@examples(25)
+@given(cs.cluster())
+def test_kernel_node_traffic_equals_the_model(cluster):
+    state = compilable(on_one_node(load(cluster)))
+    wrong, count = node_mismatches(state, "kernel")
+    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
 
 
 # --- c: the connectivity table -------------------------------------------------------------------

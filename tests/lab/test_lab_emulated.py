@@ -40,6 +40,8 @@ def test_emulated_lab_probe_equals_the_model_and_down_removes_it(lab_root):
         model = probe.restrict(reachability.connectivity(manifests.load(data["manifests"])),
                                probe.targets(data)[0])
         assert got["connections"] == model
+        # Node to pod and pod to outside, by the agents' Trace, as the model says.
+        assert got["nodes"] and got["outside"] and probe.check(data, got) == []
     finally:
         lab.down("em", echo=lines.append)
     assert not any(processes.alive(e) for e in data["processes"].values())
@@ -99,6 +101,7 @@ def test_emulated_lab_with_the_operator_equals_the_model(lab_root, tmp_path):
         assert any(line.startswith("  every PodProgram Loaded: 10 pods") for line in lines)
         got = lab.probe("eo")
         assert got["connections"] == probe.expected(data)
+        assert probe.check(data, got) == []
         assert any(c["dst"] == "y/web[Deployment]" for c in got["connections"])
         status = lab.status("eo")
         assert {p["program"]["state"] for p in status["pods"]} == {"LOADED"}

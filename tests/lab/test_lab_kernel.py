@@ -89,7 +89,9 @@ def test_probe_equals_the_model_on_the_probed_ports(up):
     model = probe.restrict(reachability.connectivity(manifests.load(data["manifests"])),
                            probe.targets(data)[0])
     assert got["connections"] == model
-    assert got["probed"] == ["TCP 80-81", "UDP 80-81"]
+    assert got["probed"] == ["TCP 80-81", "UDP 80-81", "outside TCP/UDP 8080"]
+    # Node to pod, pod to the outside host, and the masquerade, against the model too.
+    assert probe.check(data, got) == []
     assert any("SCTP not probed" in n for n in got["notes"])
     node = {p["ref"]: p["node"] for p in data["pods"]}
     pairs = {(c["src"], c["dst"]) for c in got["connections"]}
@@ -97,6 +99,45 @@ def test_probe_equals_the_model_on_the_probed_ports(up):
     # The policies took effect: something was denied.
     assert ("x/b[Pod]", "y/b[Pod]") not in pairs
     assert {"src": "z/c[Pod]", "dst": "x/b[Pod]", "protocol": "UDP", "ports": "81"} in got["connections"]
+
+
+def test_every_node_reaches_its_own_pods_and_pods_reach_the_outside_as_their_node(up):
+    data = state_.load(NAME)
+    got = lab.probe(NAME)
+    nodes = {(c["src"], c["dst"], c["protocol"]): c["ports"] for c in got["nodes"]}
+    for pod in data["pods"]:
+        # Isolated or not: a kubelet's probe gets in on every declared port.
+        for protocol in ("TCP", "UDP"):
+            assert nodes[(f"{pod['node']}[Node]", pod["ref"], protocol)] == "80-81", pod["ref"]
+    assert got["outside"], "no pod reached the outside host"
+    node_ips = {a.split("/")[0] for n in data["nodes"] for a in n["underlay"]}
+    assert got["outside_seen"] and set(got["outside_seen"]) <= node_ips
+    # The routes between nodes are the agents', not the lab's.
+    for node in data["nodes"]:
+        routes = netns.ip("route", netns=node["netns"])
+        assert "10.244." in routes and all("proto 116" in line for line in routes.splitlines()
+                                           if line.startswith("10.244.") and "/24" in line)
+
+
+@pytest.mark.parametrize("nodes,underlay", [(1, "switched"), (2, "routed")])
+def test_other_layouts_probe_as_the_model(nodes, underlay):
+    name = f"tk{nodes}{underlay[0]}"
+    if state_.exists(name):
+        lab.down(name, echo=lambda _: None)
+    data = lab.up([TOPOLOGY, POLICIES], nodes=nodes, backend="kernel", name=name, underlay=underlay,
+                  echo=lambda _: None)
+    try:
+        got = lab.probe(name)
+        assert probe.check(data, got) == []
+        assert got["connections"] and got["nodes"] and got["outside"]
+        if underlay == "routed":
+            assert data["routing"] == "vxlan"
+            routes = netns.ip("route", netns=data["nodes"][0]["netns"])
+            assert "dev tailor.vxlan proto 116 onlink" in routes
+            assert set(got["outside_seen"]) == {"172.31.1.2", "172.31.2.2"}
+    finally:
+        lab.down(name, echo=lambda _: None)
+    assert lab.leftovers(data) == []
 
 
 def test_same_node_traffic_is_redirected(up):

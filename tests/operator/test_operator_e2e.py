@@ -71,8 +71,10 @@ def compiled(world: World) -> dict[str, tuple[str, tuple, frozenset]]:
 
 
 def groups_tested(programs) -> frozenset[str]:
-    """The groups a compiled program's instructions test."""
-    return frozenset(i.group for p in (programs.ingress, programs.egress) for i in p.insns if i.group)
+    """The groups a compiled program's instructions test whose members the
+    operator sends (the agent keeps HOST, its own addresses, itself)."""
+    return frozenset(i.group for p in (programs.ingress, programs.egress) for i in p.insns
+                     if i.group and i.group != node_groups.HOST)
 
 
 def node_groups_wanted(world: World) -> dict[str, dict[str, tuple[frozenset, bool]]]:
@@ -421,6 +423,36 @@ def test_lost_node_groups_come_back_through_the_reconcile_loop(world):
     # are not bound again.)
     assert not world.trace("z/b", "x/a", "TCP", 80)
     assert world.trace("y/b", "x/a", "TCP", 80)
+
+
+def node_table_digest(world) -> str:
+    """What every agent should hold: the test API's Nodes, as a SetNodes names them."""
+    from tailor.datapath.agent.node import routes
+    from tailor.operator.cluster import manifests
+
+    nodes = [manifests.node_from(world.kube.get("Node", None, n), n) for n in World.NODES]
+    return routes.digest([routes.ClusterNode(n.name, n.ips, n.pod_cidrs) for n in nodes], [])
+
+
+def test_every_agent_holds_the_node_table_and_follows_a_node_change(world):
+    # Routes between nodes come from the Nodes (spec.podCIDRs) through the
+    # operator, not from anything a node installs by itself.
+    for i, node in enumerate(World.NODES, 1):
+        world.patch("Node", None, node, {"spec": {"podCIDRs": [f"10.244.{i}.0/24",
+                                                               f"fd00:10:244:{i}::/64"]}})
+    want = node_table_digest(world)
+    eventually(lambda: {a.core.nodes_digest() for a in world.agents.values()} == {want},
+               what="every agent holds the node table")
+    # An agent that lost it (restarted without its state) gets it again from
+    # the reconcile loop, which sees its List's digest.
+    agent = world.agents["n2"]
+    agent.core._nodes_digest = ""
+    eventually(lambda: agent.core.nodes_digest() == want, what="n2's node table is back")
+    # A bad pod CIDR is refused by name and changes nothing.
+    engine = world.operator.engine
+    world.patch("Node", None, "n3", {"spec": {"podCIDRs": ["10.244.300.0/24"]}})
+    eventually(lambda: any("10.244.300.0/24" in str(e) for e in engine.errors), what="the error")
+    assert all(a.core.nodes_digest() == want for a in world.agents.values())
 
 
 def test_watch_dropped_and_restored_converges(world):

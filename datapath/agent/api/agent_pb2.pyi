@@ -240,6 +240,32 @@ class UpdateGroupsResponse(_message.Message):
     digest: str
     def __init__(self, changed_entries: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
+class ClusterNode(_message.Message):
+    __slots__ = ("name", "addresses", "pod_cidrs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    POD_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    pod_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., pod_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetNodesRequest(_message.Message):
+    __slots__ = ("nodes", "cluster_cidrs")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[ClusterNode]
+    cluster_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[ClusterNode, _Mapping]]] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetNodesResponse(_message.Message):
+    __slots__ = ("routes", "digest")
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    routes: int
+    digest: str
+    def __init__(self, routes: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
 class RemoveRequest(_message.Message):
     __slots__ = ("pod",)
     POD_FIELD_NUMBER: _ClassVar[int]
@@ -257,12 +283,14 @@ class ListRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("pods", "groups_digest")
+    __slots__ = ("pods", "groups_digest", "nodes_digest")
     PODS_FIELD_NUMBER: _ClassVar[int]
     GROUPS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NODES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     pods: _containers.RepeatedCompositeFieldContainer[PodStatus]
     groups_digest: str
-    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., groups_digest: _Optional[str] = ...) -> None: ...
+    nodes_digest: str
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., groups_digest: _Optional[str] = ..., nodes_digest: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("pod",)

@@ -54,6 +54,11 @@ class AgentStub:
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsRequest.SerializeToString,
                 response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsResponse.FromString,
                 _registered_method=True)
+        self.SetNodes = channel.unary_unary(
+                '/tailor.agent.v1.Agent/SetNodes',
+                request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesRequest.SerializeToString,
+                response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesResponse.FromString,
+                _registered_method=True)
         self.Remove = channel.unary_unary(
                 '/tailor.agent.v1.Agent/Remove',
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.RemoveRequest.SerializeToString,
@@ -111,6 +116,13 @@ class AgentServicer:
 
     def UpdateGroups(self, request, context):
         """Change the members of node-wide groups (peer churn): no program reload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNodes(self, request, context):
+        """The cluster's nodes: routes to their pods, what is not masqueraded; idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +188,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.UpdateGroups,
                     request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsRequest.FromString,
                     response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsResponse.SerializeToString,
+            ),
+            'SetNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNodes,
+                    request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesRequest.FromString,
+                    response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesResponse.SerializeToString,
             ),
             'Remove': grpc.unary_unary_rpc_method_handler(
                     servicer.Remove,
@@ -316,6 +333,33 @@ class Agent:
             '/tailor.agent.v1.Agent/UpdateGroups',
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsRequest.SerializeToString,
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.UpdateGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailor.agent.v1.Agent/SetNodes',
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesRequest.SerializeToString,
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

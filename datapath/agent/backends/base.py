@@ -217,6 +217,19 @@ class Backend(abc.ABC):
             self._groups_changed()
             return changed
 
+    def set_node_addresses(self, addresses) -> int:
+        """This node's own addresses: the members of groups.HOST, which the
+        programs of ingress-isolated pods let in. Returns how many entries
+        changed. Raises BackendError for an address that is not one."""
+        with self._lock:
+            try:
+                writes = self.groups.set_local(G.HOST, addresses)
+            except ValueError as e:
+                raise BackendError(f"node addresses: {e}") from None
+            changed = write_entries(self._node_maps(), writes)
+            self._groups_changed()
+            return changed
+
     def groups_digest(self) -> str:
         with self._lock:
             return self.groups.digest()

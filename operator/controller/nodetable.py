@@ -1,0 +1,125 @@
+"""The node table: every agent holds the cluster's nodes (their addresses
+and pod CIDRs), from which it routes to their pods and knows what not to
+masquerade (datapath/agent/node/).
+
+Started by app.Controller and the lab's controller. A thread sends SetNodes,
+the whole table, to each agent whose last answer named another table: when
+a Node changes (engine.on_nodes), when an agent appears (engine.on_agents),
+and when the reconcile loop's List shows an agent holding another digest
+(an agent restarted without its state dir, a lost answer). A failed send is
+tried again after a backoff; nodes' pods are not held up by it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from tailor.datapath.agent.api import agent_pb2 as pb
+from tailor.datapath.agent.node import routes
+from tailor.operator.controller.agents import Agents, NoAgent
+
+log = logging.getLogger("tailor.operator.nodes")
+
+RETRY_SECONDS = 2.0
+
+
+class NodeTable:
+    def __init__(self, engine, agents: Agents, *, cluster_cidrs: tuple[str, ...] = (),
+                 timeout: float = 10.0, interval: float = 30.0):
+        self.engine = engine
+        self.agents = agents
+        self.cluster_cidrs = tuple(cluster_cidrs)
+        self.timeout = timeout
+        self.interval = interval
+        self.sends = 0
+        self._held: dict[str, str] = {}          # node -> digest its agent answered
+        self._lock = threading.Lock()
+        self._kicked = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tailor-nodes", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.kick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kicked.set()
+        self._thread.join(self.timeout + 1)
+
+    def kick(self, *_) -> None:
+        self._kicked.set()
+
+    def listed(self, node: str, digest: str) -> None:
+        """An agent's List said which table it holds."""
+        with self._lock:
+            if self._held.get(node) == digest:
+                return
+            self._held[node] = digest
+        if digest != self.digest():
+            self.kick()
+
+    def table(self) -> list[routes.ClusterNode]:
+        return [routes.ClusterNode(n.name, tuple(n.ips), tuple(n.pod_cidrs))
+                for n in self.engine.cluster_nodes()]
+
+    def digest(self) -> str:
+        return routes.digest(self.table(), self.cluster_cidrs)
+
+    def unsettled(self) -> list[str]:
+        """The agents that do not hold the current table (empty when all do)."""
+        want = self.digest()
+        with self._lock:
+            return sorted(n for n in self.engine.agent_nodes() if self._held.get(n) != want)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._kicked.wait(self.interval)
+            if self._stop.is_set():
+                return
+            self._stop.wait(0.05)               # a burst of Node events: one round
+            self._kicked.clear()
+            try:
+                if not self.send_round():
+                    self._stop.wait(RETRY_SECONDS)
+                    self._kicked.set()
+            except Exception:   # noqa: BLE001 - the loop must outlive one bad round
+                log.exception("node table round failed")
+
+    def send_round(self) -> bool:
+        """SetNodes to every agent lacking the table; True when all have it."""
+        if not self.engine.synced:
+            return False
+        table = self.table()
+        want = routes.digest(table, self.cluster_cidrs)
+        request = pb.SetNodesRequest(
+            nodes=[pb.ClusterNode(name=n.name, addresses=n.addresses, pod_cidrs=n.pod_cidrs)
+                   for n in table], cluster_cidrs=self.cluster_cidrs)
+        flying = []
+        for node in sorted(self.engine.agent_nodes()):
+            with self._lock:
+                if self._held.get(node) == want:
+                    continue
+            try:
+                stub = self.agents.stub(node)
+            except NoAgent:
+                continue
+            flying.append((node, stub.SetNodes.future(request, timeout=self.timeout)))
+        ok = True
+        for node, future in flying:
+            try:
+                answer = future.result()
+            except grpc.RpcError as e:
+                ok = False
+                log.warning("SetNodes on node %s: %s: %s", node, e.code().name, e.details())
+                continue
+            self.sends += 1
+            with self._lock:
+                self._held[node] = answer.digest
+            if answer.digest != want:
+                ok = False
+            log.info("node %s holds the node table (%d nodes, %d routes)", node, len(table),
+                     answer.routes)
+        return ok
