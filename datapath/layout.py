@@ -91,7 +91,21 @@ PORTS4 = MapSpec("ports4", MapType.HASH, 8, 4 * PORT_WORDS, PEER_CAPACITY, F_NO_
 PORTS6 = MapSpec("ports6", MapType.HASH, 20, 4 * PORT_WORDS, PEER_CAPACITY, F_NO_PREALLOC)
 PORTS_MAPS = {4: PORTS4, 6: PORTS6}
 
-NODE_MAPS = {m.name: m for m in (CT4, CT6, ENDPOINTS4, ENDPOINTS6, IDS4, IDS6, PORTS4, PORTS6)}
+# Node-wide: pairs of this node's pods (source, destination, as the
+# destination's ingress program saw them) whose packets the node forwarded
+# rather than a pod program redirected: someone may have translated them
+# (kube-proxy's DNAT to a Service backend), and only the node can undo that,
+# so the replies go back through the node too, never straight across.
+HOSTPATH4 = MapSpec("hostpath4", MapType.LRU_HASH, 8, 4, 16384)
+HOSTPATH6 = MapSpec("hostpath6", MapType.LRU_HASH, 32, 4, 16384)
+HOSTPATH_MAPS = {4: HOSTPATH4, 6: HOSTPATH6}
+# skb->mark bit a pod program sets on what it redirects to another pod, and
+# the destination's ingress program clears: a packet without it reached the
+# pod through the node.
+REDIRECT_MARK = 0x00080000
+
+NODE_MAPS = {m.name: m for m in (CT4, CT6, ENDPOINTS4, ENDPOINTS6, IDS4, IDS6, PORTS4, PORTS6,
+                                 HOSTPATH4, HOSTPATH6)}
 
 
 # --- stack frame -------------------------------------------------------------

@@ -40,9 +40,11 @@ class VmEngine:
     def load(self, insns, maps, name: str):
         return self._vm.Program(list(insns), maps)
 
-    def run(self, loaded, packet: bytes) -> tuple[int, bytes]:
-        result = loaded.run(packet, ktime_ns=1)
-        return result.retval, result.packet
+    def run(self, loaded, packet: bytes, mark: int = 0) -> tuple[int, bytes, int]:
+        """(retval, the packet after, skb->mark after)."""
+        ctx = self._vm.SkbContext.from_packet(packet, mark=mark) if mark else None
+        result = loaded.run(packet, ctx=ctx, ktime_ns=1)
+        return result.retval, result.packet, result.ctx.mark
 
     def close(self, obj) -> None:
         pass
@@ -62,9 +64,10 @@ class KernelEngine:
     def load(self, insns, maps, name: str):
         return self._kernel.KernelProgram.load(list(insns), maps, name=name)
 
-    def run(self, loaded, packet: bytes) -> tuple[int, bytes]:
-        result = loaded.test_run(packet)
-        return result.retval, result.data
+    def run(self, loaded, packet: bytes, mark: int = 0) -> tuple[int, bytes, int]:
+        """(retval, the packet after, skb->mark after)."""
+        result = loaded.test_run(packet, ctx=self._kernel.SkbCtx(mark=mark) if mark else None)
+        return result.retval, result.data, result.skb.mark
 
     def close(self, obj) -> None:
         obj.close()
@@ -95,18 +98,22 @@ def walk(run, src: tuple[str | None, bytes], dst: tuple[str | None, bytes],
     agent backends' Trace): src's egress and dst's ingress on the first
     packet, then dst's egress and src's ingress on the reply. An end is
     (pod key, MAC); a key of None is no local pod and runs no program.
-    Allowed when every program run passes. `run(key, direction, frame) ->
-    (retval, frame after)`."""
+    Allowed when every program run passes. `run(key, direction, frame,
+    mark) -> (retval, frame after, mark after)`: skb->mark goes along with a
+    redirected packet only (the node scrubs it when it forwards)."""
     (skey, smac), (dkey, dmac) = src, dst
     steps: list[Step] = []
     first = pk.frame(flow, tcp_flags=pk.TCP_SYN, src_mac=smac, dst_mac=dmac)
     reply = pk.frame(flow.reply(), tcp_flags=pk.TCP_SYN | pk.TCP_ACK, src_mac=dmac, dst_mac=smac)
     for frame, hops in ((first, ((skey, EGRESS), (dkey, INGRESS))),
                         (reply, ((dkey, EGRESS), (skey, INGRESS)))):
+        mark = 0
         for key, direction in hops:
             if key is None:
+                mark = 0
                 continue
-            retval, frame = run(key, direction, frame)
+            retval, frame, out = run(key, direction, frame, mark)
+            mark = out if retval == TcAct.REDIRECT else 0
             steps.append(Step(key, direction, retval))
             if retval not in PASSING:
                 return False, steps

@@ -213,6 +213,10 @@ def _underlay(data: dict, echo: Echo) -> None:
     state_.save(data)
     netns_.make_outside(sw["netns"] if sw else router["netns"], data["outside"],
                         bridge=sw["bridge"] if sw else None)
+    if sw:
+        # As a real node has one: the default route, here via the outside host.
+        for node in data["nodes"]:
+            netns_.default_route(node["netns"], data["outside"]["addresses"])
 
 
 def _api(data: dict, echo: Echo) -> None:

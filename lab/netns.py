@@ -9,8 +9,9 @@ put straight into the node's namespace.
     <lab>.switch:  br0 (up, no address) with ports n1..nN (and o0, the outside)
     <lab>.router:  (routed underlay) ports n1..nN at 172.31.<i>.1/24
                    (fd00:77:<i>::1/64), o0 at 203.0.113.1/24, forwarding on
-    <lab>.<node>:  eth0 192.168.77.<i>/24 (fd00:77::<i>/64), or routed
-                   172.31.<i>.2/24 with a default route via the router;
+    <lab>.<node>:  eth0 192.168.77.<i>/24 (fd00:77::<i>/64) with a default
+                   route via the outside host, or routed 172.31.<i>.2/24 with
+                   a default route via the router;
                    forwarding on, rp_filter off. No route to any other node's
                    pods: the node's agent installs those (native or VXLAN),
                    as in a cluster
@@ -145,6 +146,10 @@ def make_outside(underlay_netns: str, outside: dict, *, bridge: str | None, port
           + ["link set eth0 up"]
           + [f"route add default via {g.split('/')[0]}" for g in outside["gateways"]],
           netns=outside["netns"])
+
+
+def default_route(netns: str, gateways: Sequence[str]) -> None:
+    batch([f"route replace default via {g.split('/')[0]}" for g in gateways], netns=netns)
 
 
 def make_pod(netns: str) -> None:

@@ -134,10 +134,6 @@ class Node:
             for key in list(m.keys()):
                 m.delete(key)
 
-    def _run(self, pod: _Pod, direction: str, frame: bytes) -> tuple[trace.Step, bytes]:
-        retval, out = self.engine.run(pod.loaded[direction], frame)
-        return trace.Step(pod.spec.pod, direction, retval), out
-
     def trace(self, src: str, dst: str, flow: pk.Flow) -> Trace:
         """Walk a connection's first packet and its reply through the
         programs. An end that is no pod of this node (the node itself, an
@@ -147,8 +143,8 @@ class Node:
             pod = self.pods.get(ref)
             ends.append((ref, pod.mac) if pod is not None else (None, pk.DEFAULT_SRC_MAC))
 
-        def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
-            return self.engine.run(self.pods[key].loaded[direction], frame)
+        def run(key: str, direction: str, frame: bytes, mark: int) -> tuple[int, bytes, int]:
+            return self.engine.run(self.pods[key].loaded[direction], frame, mark)
 
         _, steps = trace.walk(run, ends[0], ends[1], flow)
         return Trace(flow, steps, sum(1 for key, _ in ends if key is not None))

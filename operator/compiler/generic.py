@@ -102,7 +102,7 @@ def compile_generic(direction: str) -> Program:
                                  _named_port_map(6))}
     features = frozenset({"ipv4", "ipv6", "conntrack", f"{direction}-policy", "anp", "banp",
                           "selectors", "ipblock", "ports", "named-ports", "generic"}
-                         | ({"anti-spoof", "redirect"} if direction == EGRESS else set()))
+                         | ({"anti-spoof", "redirect"} if direction == EGRESS else {"host-path"}))
     return Program(direction, tuple(insns), tuple(specs[n] for n in isa.map_refs(insns)),
                    features, b.jumps)
 
@@ -141,6 +141,8 @@ def _family(b: Builder, family: int, direction: str) -> None:
     with b.annotate("generic: the pod has this family?"):
         _cfg(b, R1, 1, CFG_HAS4 if family == 4 else CFG_HAS6)
         b.jeq(R1, 0, labels.DROP)
+    if direction == INGRESS:
+        forward.host_path_record(b, family, FRAME)
     if direction == EGRESS:
         with b.annotate("anti-spoof from the configuration"):
             for off in range(0, layout.addr_len(family), 4):

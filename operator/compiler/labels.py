@@ -49,6 +49,10 @@ def alternative(f: int, tier_index: int, rule_index: int, kind: str, index: int)
     return f"ipv{f}_t{tier_index}_r{rule_index}_{kind}{index}"
 
 
+def host_path(f: int, part: str) -> str:
+    return f"v{f}_host_path_{part}"
+
+
 def not_node(f: int) -> str:
     return f"v{f}_not_node"
 

@@ -12,7 +12,7 @@ emitted at all:
 
     header      r6 = ctx
     ethertype   ARP passes; each of the pod's families to its parser; else drop
-    per family  parse -> anti-spoof (egress) -> reply? (conntrack)
+    per family  parse -> anti-spoof (egress) | host path? (ingress) -> reply? (conntrack)
                 -> peer lookup -> own node? (ingress) -> named-port lookup
                 -> tiers -> record (conntrack)
     footer      allow: TC_ACT_OK; drop: TC_ACT_SHOT
@@ -222,6 +222,8 @@ def features_of(spec: ProgramSpec, direction: str) -> set[str]:
     out = {f"ipv{f}" for f in spec.families}
     if direction == EGRESS:
         out.update(("anti-spoof", "redirect"))
+    else:
+        out.add("host-path")
     if d.enforced:
         out.add(f"{direction}-policy")
         if direction == INGRESS:
@@ -270,6 +272,8 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
         if direction == EGRESS:
             with b.annotate("anti-spoof: the pod sends only from its own address"):
                 _anti_spoof(b, spec, family, frame)
+        else:
+            forward.host_path_record(b, family, frame)
         if d.enforced:
             maps[layout.CT_MAPS[family].name] = layout.CT_MAPS[family]
             conntrack.reply_check(b, family, frame, direction, passed)

@@ -292,7 +292,8 @@ async def test_install_renders_the_agent_daemonset():
     assert agent_script(ds) == (
         'exec tailor agent --node "$NODE_NAME" --backend kernel --listen 0.0.0.0:9501 '
         "--socket /run/tailor/cni.sock --program-source tailor-operator.kube-system.svc:9502 "
-        "--metrics-port 9503 --attach-timeout 10 $$(sed 's/^/--pod-cidr=/' /run/tailor/pod-cidrs)")
+        "--metrics-port 9503 --attach-timeout 10 --routing auto --masquerade "
+        "$$(sed 's/^/--pod-cidr=/' /run/tailor/pod-cidrs)")
     assert {m["mountPath"] for m in agent["volumeMounts"]} >= {"/sys/fs/bpf", "/run/tailor", "/var/lib/tailor"}
     assert {(p["name"], p["containerPort"]) for p in agent["ports"]} == {("grpc", 9501), ("metrics", 9503)}
     install_cni = pod["initContainers"][0]

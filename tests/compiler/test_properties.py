@@ -153,6 +153,10 @@ def mismatches(state: ClusterState, engine: str) -> tuple[list[str], int]:
     return wrong, count
 
 
+def agree(wrong: list[str], count: int) -> None:
+    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+
+
 def note_coverage(built) -> None:
     for b in built.values():
         for feature in b.programs.features:
@@ -179,7 +183,7 @@ def test_vm_verdicts_equal_the_model(cluster):
     state = load(cluster)
     wrong, count = mismatches(state, "emulated")
     event(f"probes: {'<100' if count < 100 else '<500' if count < 500 else '500+'}")
-    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+    agree(wrong, count)
 
 
 @examples(60)
@@ -187,7 +191,7 @@ def test_vm_verdicts_equal_the_model(cluster):
 def test_vm_verdicts_equal_the_model_with_wide_bitmaps(cluster):
     state = compilable(load(cluster))
     wrong, count = mismatches(state, "emulated")
-    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+    agree(wrong, count)
 
 
 @pytest.mark.kernel
@@ -196,7 +200,7 @@ def test_vm_verdicts_equal_the_model_with_wide_bitmaps(cluster):
 def test_kernel_verdicts_equal_the_model(cluster):
     state = compilable(load(cluster))
     wrong, count = mismatches(state, "kernel")
-    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+    agree(wrong, count)
 
 
 @examples(100)
@@ -280,7 +284,7 @@ def node_mismatches(state: ClusterState, engine: str) -> tuple[list[str], int]:
 def test_vm_node_traffic_equals_the_model(cluster):
     state = on_one_node(load(cluster))
     wrong, count = node_mismatches(state, "emulated")
-    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+    agree(wrong, count)
     # The home node is always let in.
     for dst in state.sorted_pods():
         address = next((a for a in HOME if dst.ip(ipaddress.ip_address(a).version)), None)
@@ -294,7 +298,7 @@ def test_vm_node_traffic_equals_the_model(cluster):
 def test_kernel_node_traffic_equals_the_model(cluster):
     state = compilable(on_one_node(load(cluster)))
     wrong, count = node_mismatches(state, "kernel")
-    assert not wrong, f"{len(wrong)} of {count} probes differ:\n" + "\n".join(wrong[:15])
+    agree(wrong, count)
 
 
 # --- c: the connectivity table -------------------------------------------------------------------

@@ -43,13 +43,14 @@ ISOLATE = netpol("iso", {"podSelector": {"matchLabels": {"role": "db"}},
 def test_unselected_pod_has_no_policy_and_no_conntrack_and_fewer_instructions():
     state = state_of(pod("p"), pod("q", {"role": "db"}, ips=("10.1.0.2",)), ISOLATE)
     free, isolated = compiled(state, "p"), compiled(state, "q")
-    assert set(free.features) == {"ipv4", "anti-spoof", "redirect"}
+    assert set(free.features) == {"ipv4", "anti-spoof", "redirect", "host-path"}
     assert {"ingress-policy", "conntrack", "ports", "selectors"} <= set(isolated.features)
     assert "egress-policy" not in isolated.features
     assert free.instructions < isolated.instructions
-    # A pod nothing isolates looks nothing up but where to deliver; it counts.
-    assert {m.name for m in free.ingress.maps} == {"stats"}
-    assert {m.name for m in free.egress.maps} == {"stats", "endpoints4"}
+    # A pod nothing isolates looks nothing up but where to deliver (and
+    # whether the node forwarded the pair: a translation to undo); it counts.
+    assert {m.name for m in free.ingress.maps} == {"stats", "endpoints4", "hostpath4"}
+    assert {m.name for m in free.egress.maps} == {"stats", "endpoints4", "hostpath4"}
 
 
 def test_ipv4_only_pod_has_no_ipv6_code():

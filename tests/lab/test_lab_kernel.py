@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import grpc
@@ -138,6 +139,65 @@ def test_other_layouts_probe_as_the_model(nodes, underlay):
     finally:
         lab.down(name, echo=lambda _: None)
     assert lab.leftovers(data) == []
+
+
+VIP = "10.96.0.10"
+
+
+def _kube_proxy_dnat(node: dict, backend: dict) -> None:
+    """A Service as kube-proxy's nftables mode would translate it: VIP:80 ->
+    the backend, in prerouting (pods) and output (the node itself)."""
+    rules = textwrap.dedent(f"""
+        table ip kube-proxy-test {{
+          chain prerouting {{
+            type nat hook prerouting priority dstnat; policy accept;
+            ip daddr {VIP} tcp dport 80 dnat to {backend["addresses"][0]}:80
+          }}
+          chain output {{
+            type nat hook output priority -100; policy accept;
+            ip daddr {VIP} tcp dport 80 dnat to {backend["addresses"][0]}:80
+          }}
+        }}""")
+    subprocess.run(netns.exec_argv(node["netns"], ["nft", "-f", "-"]), input=rules, text=True, check=True)
+
+
+def _dial_one(pod_or_node: dict, address: str, port: int) -> str:
+    out = subprocess.run(netns.exec_argv(pod_or_node["netns"], [sys.executable, "-m", "tailor.lab.probing.dial"]),
+                         input=json.dumps([{"id": 0, "address": address, "protocol": "TCP", "port": port}]),
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return json.loads(out)["0"]
+
+
+def test_a_service_kube_proxy_translates_works_from_the_backends_own_node(up):
+    # The measured failure: a backend's reply to a client of its own node was
+    # redirected straight to the client, past the node's conntrack, and kept
+    # the backend's address where the client expected the Service's.
+    from tailor.operator import policy
+
+    data = state_.load(NAME)
+    state = probe.model(data)
+    pods = {p["ref"]: p for p in data["pods"]}
+    ok = [(c, b) for c in state.sorted_pods() for b in state.sorted_pods()
+          if c is not b and pods[c.ref]["node"] == pods[b.ref]["node"]
+          and policy.connection_allowed(state, c, b, "TCP", 80)
+          and policy.egress_verdict(state, c, VIP, "TCP", 80).allowed]
+    assert ok, "the topology has no same-node pair the policies allow"
+    client, backend = (pods[p.ref] for p in ok[0])
+    node = state_.node(data, backend["node"])
+    _kube_proxy_dnat(node, backend)
+    server = subprocess.Popen(netns.exec_argv(backend["netns"], [sys.executable, "-m", "tailor.lab.probing.serve",
+                                                                  "--tcp", "80"]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        assert _dial_one(client, VIP, 80) == "open"
+        # Pod to pod, by address, is still redirected, and still works.
+        assert _dial_one(client, backend["addresses"][0], 80) == "open"
+        # The node itself (a hostNetwork client) through the Service too.
+        assert _dial_one(node, VIP, 80) == "open"
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(netns.exec_argv(node["netns"], ["nft", "delete", "table", "ip", "kube-proxy-test"]))
 
 
 def test_same_node_traffic_is_redirected(up):

@@ -324,7 +324,7 @@ def pick_flow(src: TraceEnd, dst: TraceEnd, protocol: str, src_port: int,
                      "share no address family")
 
 
-Run = Callable[[str, str, bytes], tuple[int, bytes]]
+Run = Callable[[str, str, bytes, int], tuple[int, bytes, int]]
 
 
 def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:

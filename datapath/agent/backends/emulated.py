@@ -174,8 +174,9 @@ class EmulatedBackend(base.Backend):
             copy = dataclasses.replace(pod.received, entries=base.scratch_entries(pod.maps))
             programs[key], _ = self._load(copy, self._resolved(copy)[0], node_maps)
 
-        def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
-            result = programs[key][direction].run(frame, ktime_ns=1)
-            return result.retval, result.packet
+        def run(key: str, direction: str, frame: bytes, mark: int) -> tuple[int, bytes, int]:
+            ctx = vm.SkbContext.from_packet(frame, mark=mark) if mark else None
+            result = programs[key][direction].run(frame, ctx=ctx, ktime_ns=1)
+            return result.retval, result.packet, result.ctx.mark
 
         yield run

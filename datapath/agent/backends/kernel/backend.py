@@ -361,9 +361,9 @@ class KernelBackend(base.Backend):
             progs = {key: self._scratch_programs(self._pods[key], node_maps, create, owned)
                      for key in keys}
 
-            def run(key: str, direction: str, frame: bytes) -> tuple[int, bytes]:
-                result = progs[key][direction].test_run(frame)
-                return result.retval, result.data
+            def run(key: str, direction: str, frame: bytes, mark: int) -> tuple[int, bytes, int]:
+                result = progs[key][direction].test_run(frame, ctx=kernel.SkbCtx(mark=mark) if mark else None)
+                return result.retval, result.data, result.skb.mark
 
             yield run
         finally:
