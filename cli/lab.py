@@ -35,6 +35,9 @@ def register(sub) -> None:
     up.add_argument("--routing", choices=("native", "vxlan", "auto"), default=None,
                     help="how the agents route to other nodes' pods (default native when switched, "
                          "vxlan when routed)")
+    up.add_argument("--kube-proxy", action="store_true",
+                    help="the nodes carry kube-proxy's nftables rules for the manifests' Services "
+                         "(ClusterIPs as written, else from 10.96.0.0/16)")
     _name(up)
     up.set_defaults(func=_up)
 
@@ -77,7 +80,7 @@ def _up(args) -> int:
     from tailor.lab import lab
 
     lab.up(args.filename, nodes=args.nodes, backend=args.backend, name=args.name, control=args.control,
-           underlay=args.underlay, routing=args.routing, echo=lambda line: print(line, flush=True))
+           underlay=args.underlay, routing=args.routing, kube_proxy=args.kube_proxy, echo=lambda line: print(line, flush=True))
     return 0
 
 
@@ -130,6 +133,11 @@ def _status(args) -> int:
     print("NODES")
     for n in data["nodes"]:
         print(f"  {n['name']:<12} {','.join(n['underlay']):<32} pods {','.join(n['pod_cidrs']):<34} agent {n['agent']}")
+    if data.get("services"):
+        print("SERVICES" + (" (kube-proxy's rules on every node)" if data.get("kube_proxy") else
+                            " (not translated: no --kube-proxy)"))
+        for svc in data["services"]:
+            print(f"  {svc['ref']:<32} {','.join(svc['cluster_ips'])}")
     print("PODS")
     rows = [("POD", "NODE", "ADDRESSES", "STATE", "HASH", "FEATURES")]
     for p in data["pods"]:

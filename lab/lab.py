@@ -49,6 +49,7 @@ FIXES = {
     "sync": "the controller could not bring every pod's program to its agent: read "
             "{run_dir}/controller.log and the agents' logs",
     "api": "read the API server's log in {run_dir}/apiserver.log",
+    "kube-proxy": "the nft error above names the rule; `nft` is the Debian package nftables",
     "operator": "read the operator's log in {run_dir}/operator.log",
     "sync/operator": "the PodPrograms' status.message say why (`KUBECONFIG={run_dir}/kubeconfig "
                      "kubectl get pp -A -o yaml`); the operator's log is {run_dir}/operator.log",
@@ -72,13 +73,14 @@ def _quiet(_: str) -> None:
 
 def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None,
        name: str = "lab", control: str = "lab", underlay: str = "switched",
-       routing: str | None = None, echo: Echo = print) -> dict:
+       routing: str | None = None, kube_proxy: bool = False, echo: Echo = print) -> dict:
     """Build the lab; returns its state. `control`: "lab" (the lab's
     controller compiles and pushes) or "operator" (an API server and
     `tailor operator` do). `underlay`: "switched" (the nodes on one L2
     segment) or "routed" (each node on its own subnet behind a router);
     `routing`: the agents' --routing (default native when switched, vxlan
-    when routed)."""
+    when routed). `kube_proxy`: the nodes carry the nftables rules
+    kube-proxy would write for the manifests' Services (lab/kubeproxy.py)."""
     from tailor.operator.cluster import manifests
     from tailor.operator.errors import ManifestError
 
@@ -126,6 +128,11 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
     data = _initial(plan, backend, paths)
     data["control"] = control
     data["routing"] = routing if backend == "kernel" else "off"
+    data["services"] = plan_.services(cluster)
+    data["kube_proxy"] = bool(kube_proxy)
+    if kube_proxy and backend != "kernel":
+        raise LabError("--kube-proxy writes nftables rules into the nodes' namespaces: it needs the "
+                       "kernel backend")
     if control == "operator":
         from tailor.lab.control import operated
 
@@ -141,6 +148,7 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
         else [("controller", _controller)]
     steps = ([("underlay", _underlay)] if backend == "kernel" else []) + control_steps + [
         ("agents", _agents), ("pods", _pods_kernel if backend == "kernel" else _pods_emulated),
+        *([("kube-proxy", _kube_proxy)] if kube_proxy else []),
         ("sync", _sync_operator if control == "operator" else _sync)]
     step = "plan"
     try:
@@ -217,6 +225,13 @@ def _underlay(data: dict, echo: Echo) -> None:
         # As a real node has one: the default route, here via the outside host.
         for node in data["nodes"]:
             netns_.default_route(node["netns"], data["outside"]["addresses"])
+
+
+def _kube_proxy(data: dict, echo: Echo) -> None:
+    from tailor.lab import kubeproxy
+
+    count = kubeproxy.install(data)
+    echo(f"  kube-proxy: {count} Service ports translated on each of {len(data['nodes'])} nodes")
 
 
 def _api(data: dict, echo: Echo) -> None:

@@ -39,6 +39,10 @@ OUTSIDE_SWITCHED = ("192.168.77.254/24", "fd00:77::fe/64")
 OUTSIDE_ROUTED = ("203.0.113.2/24", "fd00:203::2/64")
 OUTSIDE_ROUTER = ("203.0.113.1/24", "fd00:203::1/64")
 UNDERLAYS = ("switched", "routed")
+# ClusterIPs the lab allocates to Services whose manifests give none.
+SERVICE_V4 = ipaddress.ip_network("10.96.0.0/16")
+SERVICE_V6 = ipaddress.ip_network("fd00:96::/112")
+FIRST_SERVICE_HOST = 10
 POD_V4 = "10.244.{i}.0/24"
 POD_V6 = "fd00:10:244:{i}::/64"
 BRIDGE = "br0"
@@ -163,6 +167,20 @@ def _node(lab: str, index: int, name: str, ipv6: bool, underlay: str = "switched
         cidrs.append(POD_V6.format(i=f"{index:x}"))
     return NodePlan(name, index, f"{lab}.{name}", f"n{index}", tuple(addresses), tuple(cidrs),
                     tuple(gateways))
+
+
+def services(state: ClusterState) -> list[dict]:
+    """The manifests' Services with their ClusterIPs: as written, else
+    allocated in order (IPv4, as a single-stack cluster's primary family)."""
+    taken = {a for svc in state.services.values() for a in svc.cluster_ips}
+    free = (str(SERVICE_V4.network_address + i) for i in range(FIRST_SERVICE_HOST, SERVICE_V4.num_addresses))
+    out = []
+    for svc in state.sorted_services():
+        ips = list(svc.cluster_ips)
+        if not ips:
+            ips = [next(a for a in free if a not in taken)]
+        out.append({"namespace": svc.namespace, "name": svc.name, "ref": svc.ref, "cluster_ips": ips})
+    return out
 
 
 def outside(plan: Plan) -> dict:

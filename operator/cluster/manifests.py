@@ -31,14 +31,15 @@ from collections.abc import Iterable, Iterator, Mapping
 import yaml
 
 from tailor.operator import selectors
-from tailor.operator.cluster import adminpolicy, networkpolicy, pods
+from tailor.operator.cluster import adminpolicy, networkpolicy, pods, services
 from tailor.operator.cluster.objects import WORKLOAD_KINDS, Node
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.errors import InvalidSpec, ManifestError
 
 SUFFIXES = (".yaml", ".yml", ".json")
 CLUSTER_SCOPED = ("Namespace", "Node", *adminpolicy.KINDS)
-_API_VERSIONS = {"NetworkPolicy": networkpolicy.API_VERSION, **adminpolicy.API_VERSIONS}
+_API_VERSIONS = {"NetworkPolicy": networkpolicy.API_VERSION, "Service": services.API_VERSION,
+                 **adminpolicy.API_VERSIONS}
 
 
 def load(paths: Iterable[str]) -> ClusterState:
@@ -120,6 +121,8 @@ def apply_object(state: ClusterState, obj: Mapping, file: str = "<object>") -> N
             state.add_pod(pod, families)
         elif kind == "NetworkPolicy":
             state.add_network_policy(networkpolicy.parse(obj, namespace, name))
+        elif kind == "Service":
+            state.add_service(services.parse(obj, namespace, name))
         elif kind in adminpolicy.PARSERS:
             state.add_admin_policy(adminpolicy.PARSERS[kind](obj, name))
         else:

@@ -5,7 +5,7 @@ step) and later by the kopf handlers (from watch events); read by the policy
 evaluator and the compiler. Purely data-manipulative, no I/O.
 
 Keys: namespaces and nodes by name, pods by (namespace, name, kind),
-NetworkPolicies by (namespace, name), AdminNetworkPolicies and
+NetworkPolicies and Services by (namespace, name), AdminNetworkPolicies and
 ClusterNetworkPolicies by name (each kind its own dict: an ANP and a CNP may
 share a name); there is at most one BaselineAdminNetworkPolicy. The
 cluster-wide policies are read in their tiers: `admin_tier()` (ANPs and
@@ -24,6 +24,7 @@ from tailor.operator.cluster import adminpolicy
 from tailor.operator.cluster.adminpolicy import AdminPolicy
 from tailor.operator.cluster.networkpolicy import NetworkPolicy
 from tailor.operator.cluster.objects import NAMESPACE_NAME_LABEL, Namespace, Node, Pod
+from tailor.operator.cluster.services import Service
 
 PodKey = tuple[str, str, str]
 
@@ -37,6 +38,7 @@ class ClusterState:
         self.admin_policies: dict[str, AdminPolicy] = {}       # AdminNetworkPolicies
         self.baseline: AdminPolicy | None = None               # the BaselineAdminNetworkPolicy
         self.cluster_policies: dict[str, AdminPolicy] = {}     # ClusterNetworkPolicies, both tiers
+        self.services: dict[tuple[str, str], Service] = {}     # by (namespace, name)
         self.warnings: list[str] = []
         self._pods_by_namespace: dict[str, dict[PodKey, Pod]] = {}
         self._pods_by_ip: dict[str, Pod] = {}
@@ -52,6 +54,13 @@ class ClusterState:
 
     def ensure_namespace(self, name: str) -> Namespace:
         return self.namespaces.get(name) or self.add_namespace(name)
+
+    def add_service(self, service: Service) -> None:
+        self.ensure_namespace(service.namespace)
+        self.services[(service.namespace, service.name)] = service
+
+    def sorted_services(self) -> list[Service]:
+        return [self.services[k] for k in sorted(self.services)]
 
     def add_node(self, node: Node) -> None:
         self.nodes[node.name] = node
@@ -114,6 +123,8 @@ class ClusterState:
             return True
         if kind == "Node":
             return self.nodes.pop(name, None) is not None
+        if kind == "Service":
+            return self.services.pop((namespace, name), None) is not None
         if kind == "NetworkPolicy":
             policy = self.network_policies.pop((namespace, name), None)
             if policy is not None:

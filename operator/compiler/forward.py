@@ -102,7 +102,7 @@ def host_path_record(b: Builder, family: int, frame: layout.Frame) -> None:
         b.map_update(layout.HOSTPATH_MAPS[family].name, frame.rkey, frame.ct_value, 0)
         b.jump(done)
         b.label(marked)
-        b.and32(R1, ~layout.REDIRECT_MARK & 0xFFFFFFFF)
+        b.and32(R1, ~layout.REDIRECT_MARK)              # a signed imm: every bit but the mark
         b.store(4, R6, layout.SKB_MARK, R1)
     b.label(done)
 

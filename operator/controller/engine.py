@@ -317,10 +317,16 @@ class Engine:
             if report is not None and report.hash == push.programs.hash and report.uid in ("", uid) \
                     and report.state != FAILED:
                 # The agent holds this very program already (an operator restart,
-                # a lost answer): no reload; only make sure its maps are current.
+                # a lost answer): no reload; only make sure its maps are current,
+                # and that the node has the members the Apply would have carried.
                 self.counters["adopted"] += 1
-                works.append(Work(UPDATE_MAPS, push, pod.namespace, pod.name, uid, pod.ips,
-                                  desired.changed_maps({}, push.entries), planned_at=now))
+                works.append(Work(UPDATE_MAPS, dataclasses.replace(push, groups=()), pod.namespace,
+                                  pod.name, uid, pod.ips, desired.changed_maps({}, push.entries),
+                                  planned_at=now))
+                if push.groups:
+                    works.append(Work(UPDATE_GROUPS, desired.Push(desired.GROUPS, "", pod.node,
+                                                                  groups=push.groups),
+                                      "", "", "", planned_at=now))
                 continue
             works.append(Work(APPLY, push, pod.namespace, pod.name, uid, pod.ips, planned_at=now))
         return works

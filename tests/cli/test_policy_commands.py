@@ -59,7 +59,7 @@ def test_programs_json_contract_and_disasm():
     out = json.loads(tailor("programs", "-f", str(ROOT / "examples/01-namespaces-and-ports"),
                             "--format", "json", "--generic").stdout)
     rows = {r["pod"]: r for r in out["programs"]}
-    assert set(rows["x/b[Pod]"]["features"]) == {"ipv4", "anti-spoof", "redirect"}
+    assert set(rows["x/b[Pod]"]["features"]) == {"ipv4", "anti-spoof", "redirect", "host-path"}
     assert {"ingress-policy", "conntrack", "selectors", "ports"} <= set(rows["x/a[Pod]"]["features"])
     assert rows["x/a[Pod]"]["maps"]["ids4"]["shared"] is True        # peers: the node's identity map
     assert len(rows["x/a[Pod]"]["groups"]) == 1 and rows["x/b[Pod]"]["groups"] == []

@@ -1,0 +1,125 @@
+"""Services as the policy semantics see them: an address and port that
+stand for the ready pods behind them. Pure: no I/O.
+
+Read by cluster.manifests (from files), the model (a connection to a
+Service is judged on the backend it reaches: policy never sees the Service
+address) and the lab (its ClusterIPs, its EndpointSlices as the endpoints
+controller makes them, kube-proxy's rules).
+
+A Service's backends are the pods of its namespace its selector matches
+(a Service without a selector has the endpoints someone else writes: none
+here). A targetPort by name resolves per backend to that pod's
+containerPort of the name and protocol; a backend without it is not an
+endpoint of that port, as the endpoints controller leaves it out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+
+from tailor.operator.cluster.objects import Pod
+from tailor.operator.cluster.ports import PROTOCOLS
+from tailor.operator.errors import InvalidSpec
+
+API_VERSION = "v1"
+AFFINITIES = ("None", "ClientIP")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServicePort:
+    protocol: str
+    port: int
+    target: int | str                 # a number, or a containerPort's name
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    selector: Mapping[str, str] | None      # None: endpoints not managed by selector
+    ports: tuple[ServicePort, ...]
+    cluster_ips: tuple[str, ...] = ()        # none yet: the lab allocates
+    session_affinity: str = "None"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}[Service]"
+
+    def cluster_ip(self, family: int) -> str | None:
+        return next((a for a in self.cluster_ips if ipaddress.ip_address(a).version == family), None)
+
+
+def parse(obj: Mapping, namespace: str, name: str) -> Service:
+    """A v1 Service of type ClusterIP (NodePort and LoadBalancer have one
+    too); raises InvalidSpec naming the field."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    selector = spec.get("selector")
+    if selector is not None and not (isinstance(selector, Mapping)
+                                     and all(isinstance(v, str) for v in selector.values())):
+        raise InvalidSpec("spec.selector", "must map label keys to values")
+    ports = []
+    for i, p in enumerate(spec.get("ports") or []):
+        where = f"spec.ports[{i}]"
+        if not isinstance(p, Mapping):
+            raise InvalidSpec(where, "must be an object")
+        protocol = p.get("protocol") or "TCP"
+        if protocol not in PROTOCOLS:
+            raise InvalidSpec(f"{where}.protocol", f"{protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        port = p.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise InvalidSpec(f"{where}.port", f"{port!r} is not a port number (1-65535)")
+        target = p.get("targetPort", port)
+        if isinstance(target, str) and target.isdigit():
+            target = int(target)
+        if isinstance(target, bool) or not (isinstance(target, str) and target
+                                            or isinstance(target, int) and 1 <= target <= 65535):
+            raise InvalidSpec(f"{where}.targetPort", f"{target!r} is neither a port number nor a name")
+        ports.append(ServicePort(protocol, port, target, str(p.get("name") or "")))
+    if not ports:
+        raise InvalidSpec("spec.ports", "Required value: a Service needs at least one port")
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    cluster_ips = []
+    for i, ip in enumerate(ips):
+        if ip == "None":
+            raise InvalidSpec("spec.clusterIP", "headless Services (clusterIP: None) have no "
+                                                "address to translate: tailor does not model them")
+        try:
+            cluster_ips.append(str(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise InvalidSpec(f"spec.clusterIPs[{i}]", f"{ip!r} is not an IP address") from None
+    affinity = spec.get("sessionAffinity") or "None"
+    if affinity not in AFFINITIES:
+        raise InvalidSpec("spec.sessionAffinity", f"{affinity!r}: use None or ClientIP")
+    return Service(namespace, name, dict(selector) if selector is not None else None, tuple(ports),
+                   tuple(cluster_ips), affinity)
+
+
+def target_port(pod: Pod, port: ServicePort) -> int | None:
+    """The port `port` reaches on `pod`, or None when the pod has no
+    containerPort of that name (it is then no endpoint of this port)."""
+    if isinstance(port.target, int):
+        return port.target
+    return next((cp.port for cp in pod.ports if cp.name == port.target and cp.protocol == port.protocol),
+                None)
+
+
+def backends(service: Service, pods) -> list[Pod]:
+    """The pods the selector chooses, in the Service's namespace, with an
+    address (ready: the lab and the model know no other readiness)."""
+    if not service.selector:            # none, or {}: endpoints someone else writes
+        return []
+    return sorted((p for p in pods if p.namespace == service.namespace and p.ips
+                   and all(p.labels.get(k) == v for k, v in service.selector.items())),
+                  key=lambda p: p.ref)
+
+
+def endpoints(service: Service, port: ServicePort, pods) -> list[tuple[Pod, int]]:
+    """(backend, its port) for one Service port: the EndpointSlice's endpoints."""
+    out = []
+    for pod in backends(service, pods):
+        target = target_port(pod, port)
+        if target is not None:
+            out.append((pod, target))
+    return out

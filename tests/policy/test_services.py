@@ -1,0 +1,75 @@
+"""Services in the model: parsed as the API server reads them (errors name
+the field), backends by selector with named targetPorts resolved per pod,
+and a connection judged on the backend it reaches, never the Service address."""
+from __future__ import annotations
+
+import pytest
+
+from tailor.operator.cluster import manifests
+from tailor.operator.cluster.state import ClusterState
+from tailor.operator.cluster import services
+from tailor.operator.errors import ManifestError
+from tailor.operator.policy import services as model
+
+NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}
+
+
+def pod(name, labels, ip, ports=()):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "app", "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "x", "ports": list(ports)}]},
+            "status": {"podIPs": [{"ip": ip}]}}
+
+
+def svc(name, spec):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "app"}, "spec": spec}
+
+
+def load(*docs) -> ClusterState:
+    state = ClusterState()
+    manifests.apply(state, [("t.yaml", d) for d in (NS, *docs)])
+    return state
+
+
+WEB = [pod("w1", {"app": "web"}, "10.1.0.1", [{"name": "http", "containerPort": 8080}]),
+       pod("w2", {"app": "web"}, "10.1.0.2", [{"name": "http", "containerPort": 9090}]),
+       pod("w3", {"app": "web"}, "10.1.0.3"),                      # no port named http
+       pod("client", {"app": "client"}, "10.1.0.9")]
+SERVICE = svc("web", {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]})
+
+
+def test_named_target_ports_resolve_per_backend():
+    state = load(*WEB, SERVICE)
+    s = state.services[("app", "web")]
+    assert [(p.name, t) for p, t in services.endpoints(s, s.ports[0], state.pods.values())] == [
+        ("w1", 8080), ("w2", 9090)]
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"ports": []}, "spec.ports"),
+    ({"ports": [{"port": 0}]}, "spec.ports[0].port"),
+    ({"ports": [{"port": 80, "protocol": "ICMP"}]}, "spec.ports[0].protocol"),
+    ({"ports": [{"port": 80}], "clusterIP": "10.96.0.300"}, "spec.clusterIPs[0]"),
+    ({"ports": [{"port": 80}], "clusterIP": "None"}, "spec.clusterIP"),
+    ({"ports": [{"port": 80}], "sessionAffinity": "Cookie"}, "spec.sessionAffinity"),
+])
+def test_bad_services_are_refused_by_name_and_field(spec, field):
+    with pytest.raises(ManifestError) as e:
+        load(svc("bad", spec))
+    assert "Service app/bad" in str(e.value) and field in str(e.value)
+
+
+def test_a_service_connection_is_judged_on_its_backends():
+    only_8080 = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "p", "namespace": "app"},
+                 "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                          "ingress": [{"ports": [{"port": 8080}]}]}}
+    state = load(*WEB, SERVICE)
+    client, s = state.pod("app", "client"), state.services[("app", "web")]
+    assert model.verdict(state, client, s, s.ports[0], 4) == model.ALL
+    # w1 serves on 8080, w2 on 9090: one backend allows, the other does not.
+    state = load(*WEB, SERVICE, only_8080)
+    assert model.verdict(state, client, s, s.ports[0], 4) == model.SOME
+    empty = svc("none", {"selector": {"app": "nobody"}, "ports": [{"port": 80}]})
+    state = load(*WEB, empty)
+    e = state.services[("app", "none")]
+    assert model.verdict(state, client, e, e.ports[0], 4) == model.NONE
