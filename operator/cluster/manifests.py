@@ -121,6 +121,8 @@ def apply_object(state: ClusterState, obj: Mapping, file: str = "<object>") -> N
             state.add_pod(pod, families)
         elif kind == "NetworkPolicy":
             state.add_network_policy(networkpolicy.parse(obj, namespace, name))
+        elif kind == "Service" and services.untranslated(obj):
+            state.warnings.append(f"{file}: ignored {what}: {services.untranslated(obj)}")
         elif kind == "Service":
             state.add_service(services.parse(obj, namespace, name))
         elif kind in adminpolicy.PARSERS:

@@ -51,6 +51,17 @@ class Service:
         return next((a for a in self.cluster_ips if ipaddress.ip_address(a).version == family), None)
 
 
+def untranslated(obj: Mapping) -> str | None:
+    """Why a Service has no address to translate (ExternalName, headless),
+    or None: such Services are ignored with a warning, as DNS answers them."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    if spec.get("type") == "ExternalName":
+        return "an ExternalName Service is a DNS alias, with no address to translate"
+    if spec.get("clusterIP") == "None" or "None" in (spec.get("clusterIPs") or []):
+        return "a headless Service (clusterIP: None) has no address to translate"
+    return None
+
+
 def parse(obj: Mapping, namespace: str, name: str) -> Service:
     """A v1 Service of type ClusterIP (NodePort and LoadBalancer have one
     too); raises InvalidSpec naming the field."""
@@ -82,9 +93,6 @@ def parse(obj: Mapping, namespace: str, name: str) -> Service:
     ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
     cluster_ips = []
     for i, ip in enumerate(ips):
-        if ip == "None":
-            raise InvalidSpec("spec.clusterIP", "headless Services (clusterIP: None) have no "
-                                                "address to translate: tailor does not model them")
         try:
             cluster_ips.append(str(ipaddress.ip_address(ip)))
         except ValueError:

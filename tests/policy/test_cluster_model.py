@@ -78,7 +78,7 @@ def test_list_flattens_and_unknown_kinds_warn(tmp_path):
     text = """apiVersion: v1
 kind: List
 items:
-- {apiVersion: v1, kind: Service, metadata: {name: s, namespace: x}}
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: s, namespace: x}}
 - apiVersion: v1
   kind: List
   items:
@@ -86,7 +86,7 @@ items:
 """
     state = _load(tmp_path, text)
     assert [p.ref for p in state.sorted_pods()] == ["x/a[Pod]"]
-    assert len(state.warnings) == 1 and "ignored Service x/s" in state.warnings[0]
+    assert len(state.warnings) == 1 and "ignored ConfigMap x/s" in state.warnings[0]
 
 
 def test_folders_recursive_multi_document_yml_and_json(tmp_path):

@@ -49,13 +49,20 @@ def test_named_target_ports_resolve_per_backend():
     ({"ports": [{"port": 0}]}, "spec.ports[0].port"),
     ({"ports": [{"port": 80, "protocol": "ICMP"}]}, "spec.ports[0].protocol"),
     ({"ports": [{"port": 80}], "clusterIP": "10.96.0.300"}, "spec.clusterIPs[0]"),
-    ({"ports": [{"port": 80}], "clusterIP": "None"}, "spec.clusterIP"),
     ({"ports": [{"port": 80}], "sessionAffinity": "Cookie"}, "spec.sessionAffinity"),
 ])
 def test_bad_services_are_refused_by_name_and_field(spec, field):
     with pytest.raises(ManifestError) as e:
         load(svc("bad", spec))
     assert "Service app/bad" in str(e.value) and field in str(e.value)
+
+
+def test_headless_and_external_name_services_are_ignored_with_a_warning():
+    state = load(svc("headless", {"clusterIP": "None", "selector": {"app": "web"}}),
+                 svc("alias", {"type": "ExternalName", "externalName": "example.org"}))
+    assert state.services == {}
+    assert any("Service app/headless" in w and "headless" in w for w in state.warnings)
+    assert any("Service app/alias" in w and "ExternalName" in w for w in state.warnings)
 
 
 def test_a_service_connection_is_judged_on_its_backends():
