@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Mapping
 
+from tailor.operator.cluster import addresses
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.ports import PROTOCOLS
 from tailor.operator.errors import InvalidSpec
@@ -91,17 +92,12 @@ def parse(obj: Mapping, namespace: str, name: str) -> Service:
     if not ports:
         raise InvalidSpec("spec.ports", "Required value: a Service needs at least one port")
     ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
-    cluster_ips = []
-    for i, ip in enumerate(ips):
-        try:
-            cluster_ips.append(str(ipaddress.ip_address(ip)))
-        except ValueError:
-            raise InvalidSpec(f"spec.clusterIPs[{i}]", f"{ip!r} is not an IP address") from None
+    cluster_ips = addresses.parse_ips(ips, "spec.clusterIPs")       # one per family, as pods' IPs
     affinity = spec.get("sessionAffinity") or "None"
     if affinity not in AFFINITIES:
         raise InvalidSpec("spec.sessionAffinity", f"{affinity!r}: use None or ClientIP")
     return Service(namespace, name, dict(selector) if selector is not None else None, tuple(ports),
-                   tuple(cluster_ips), affinity)
+                   cluster_ips, affinity)
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:
