@@ -1,7 +1,10 @@
 """What the lab's agents hold, asked over their unix sockets (List).
 
 Called by lab.status (each pod's program state) and by the operator lab's
-sync and its tests (`held`: the hash each agent has in force).
+sync and its tests (`held`: the hash each agent has in force; `wanted` and
+`unsettled`: what the agents should hold for the lab as it stands, computed
+from the lab's own model, so a sync does not rest on the operator's word
+that it has seen every change).
 """
 from __future__ import annotations
 
@@ -44,4 +47,39 @@ def tables_unsettled(data: dict) -> list[str]:
             got = pb_grpc.AgentStub(channel).List(pb.ListRequest(), timeout=TIMEOUT).nodes_digest
         if got != want:
             why.append(f"node {node['name']}: its agent does not hold the node table yet")
+    return why
+
+
+def wanted(data: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """What the agents hold once the control plane has caught up with the
+    lab: {"ns/name": program hash} and {node: group members digest}, planned
+    from the lab's model (its manifests, the wired pods at their addresses)
+    by the compiler the control planes use."""
+    from tailor.lab.probing import probe
+    from tailor.operator import desired as desired_
+
+    plan = desired_.Desired()
+    hashes = {}
+    for push in plan.plan(probe.model(data)):
+        if push.programs is not None:
+            hashes[push.pod.removesuffix("[Pod]")] = push.programs.hash
+    return hashes, {n["name"]: plan.groups_digest(n["name"]) for n in data["nodes"]}
+
+
+def unsettled(data: dict, want: tuple[dict[str, str], dict[str, str]]) -> list[str]:
+    """How the agents differ from `want` (`wanted(data)`): pods not Loaded
+    at the wanted hash, nodes whose group members differ. Empty when none."""
+    hashes, digests = want
+    why = []
+    for node in data["nodes"]:
+        with grpc.insecure_channel(f"unix:{node['agent_socket']}") as channel:
+            reply = pb_grpc.AgentStub(channel).List(pb.ListRequest(), timeout=TIMEOUT)
+        held_ = {f"{s.pod.namespace}/{s.pod.name}": s.hash for s in reply.pods if s.state == pb.LOADED}
+        for pod in data["pods"]:
+            key = f"{pod['namespace']}/{pod['name']}"
+            if pod["node"] == node["name"] and key in hashes and held_.get(key) != hashes[key]:
+                why.append(f"{key}: its agent holds {held_.get(key) or 'nothing'}, the lab's model "
+                           f"compiles to {hashes[key]}")
+        if reply.groups_digest != digests[node["name"]]:
+            why.append(f"node {node['name']}: its agent's group members differ from the lab's model")
     return why

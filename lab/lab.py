@@ -351,7 +351,7 @@ def _report(data: dict, pod: dict) -> None:
 def _sync_operator(data: dict, echo: Echo) -> None:
     from tailor.lab.control import operated
 
-    data["pushes"] = operated.sync(data, lambda: agents.held(data))
+    data["pushes"] = operated.sync(data, lambda: agents.held(data), wanted=agents.wanted(data))
     _echo_pushes(data, echo, "every PodProgram Loaded", "operator")
 
 

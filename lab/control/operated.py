@@ -141,11 +141,14 @@ def _handled(data: dict) -> int:
         return -1                   # not answering yet: nothing handled
 
 
-def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | None = None) -> dict:
+def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | None = None,
+         wanted: tuple | None = None) -> dict:
     """Until `unsettled` is empty STABLE_ROUNDS polls in a row (`held()`
     reads the agents) — and, with `events_after` (an `events()` count taken
     before a change through the API), once the operator has handled an event
-    since. Returns the operator's counters."""
+    since; with `wanted` (agents.wanted), once the agents hold what the
+    lab's own model compiles to (the operator may not have seen the last
+    pod's addresses yet and still look idle). Returns the operator's counters."""
     deadline = time.monotonic() + timeout
     stable, why = 0, ["not polled"]
     while time.monotonic() < deadline:
@@ -157,7 +160,8 @@ def sync(data: dict, held, timeout: float = SYNC_SECONDS, events_after: int | No
             why, stable = ["the operator has not seen the change yet"], 0
             time.sleep(POLL_SECONDS)
             continue
-        why = unsettled(data, held()) or agents.tables_unsettled(data)
+        why = unsettled(data, held()) or agents.tables_unsettled(data) \
+            or (agents.unsettled(data, wanted) if wanted is not None else [])
         stable = 0 if why else stable + 1
         if stable >= STABLE_ROUNDS:
             m = metrics(data)

@@ -537,15 +537,17 @@ class Engine:
     def idle(self) -> bool:
         """Nothing pending, nothing waiting for a retry (tests, probes)."""
         with self._lock:
-            return (self.synced and not self._pending and not self._retry and not self._busy
-                    and not self._reports_wanted and not self._groups)
+            return self._idle()
+
+    def _idle(self) -> bool:
+        return (self.synced and not self._pending and not self._retry and not self._busy
+                and not self._reports_wanted and not self._groups)
 
     def summary(self) -> dict:
         with self._lock:
             return {"synced": self.synced, "pods": len(self.world.state.pods),
                     "pending": len(self._pending), "retrying": len(self._retry),
-                    "idle": int(self.synced and not self._pending and not self._retry and not self._busy
-                                and not self._reports_wanted),
+                    "idle": int(self._idle()),
                     "agents": sorted(self.world.agent_nodes()), **dict(self.counters)}
 
     def stop(self) -> None:
