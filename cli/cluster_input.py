@@ -27,7 +27,21 @@ def load_state(paths: list[str]):
         raise usage.UsageError(str(e)) from None
     for note in state.warnings:
         print(f"tailor: note: {note}", file=sys.stderr)
+    _allocate_cluster_ips(state)
     return state
+
+
+def _allocate_cluster_ips(state) -> None:
+    """Services written without a ClusterIP get one as the lab allocates
+    them (a cluster would have): Service connections need an address."""
+    import dataclasses
+
+    from tailor.lab import plan
+
+    for entry in plan.services(state):
+        svc = state.services[(entry["namespace"], entry["name"])]
+        if not svc.cluster_ips:
+            state.add_service(dataclasses.replace(svc, cluster_ips=tuple(entry["cluster_ips"])))
 
 
 class Progress:

@@ -104,8 +104,38 @@ HOSTPATH_MAPS = {4: HOSTPATH4, 6: HOSTPATH6}
 # pod through the node.
 REDIRECT_MARK = 0x00080000
 
+# --- Services (a kube-proxy replacement for what pods send) -------------------
+# Node-wide and the same on every node. svc4/6: (ClusterIP, port, protocol)
+# -> SERVICE (the agent's id for it, how many backends, flags, the
+# ClientIP affinity timeout); backends4/6: (id, slot 0..count-1) -> TARGET
+# (a backend's address and port). A pod's egress program picks a backend for
+# a connection's first packet and remembers it in nat4/6 under the
+# connection's key with dir SVC_OUT; the reverse, under the key the
+# backend's reply carries with dir SVC_BACK, holds the Service's address, so
+# the client's ingress program gives the reply the address the client asked.
+SERVICE = struct.Struct("<IIII")                # id, backends, flags, affinity timeout (s)
+SERVICE_AFFINITY = 1
+SVC_OUT, SVC_BACK = 3, 4                         # dir values of nat keys (CT_DIR's are 1, 2)
+BACKEND_KEY = struct.Struct("<II")               # service id, slot
+SVC_CAPACITY, BACKEND_CAPACITY, NAT_CAPACITY = 16384, 65536, 65536
+SVC4 = MapSpec("svc4", MapType.HASH, 8, SERVICE.size, SVC_CAPACITY, F_NO_PREALLOC)
+SVC6 = MapSpec("svc6", MapType.HASH, 20, SERVICE.size, SVC_CAPACITY, F_NO_PREALLOC)
+SVC_MAPS = {4: SVC4, 6: SVC6}
+BACKENDS4 = MapSpec("backends4", MapType.HASH, BACKEND_KEY.size, 8, BACKEND_CAPACITY, F_NO_PREALLOC)
+BACKENDS6 = MapSpec("backends6", MapType.HASH, BACKEND_KEY.size, 20, BACKEND_CAPACITY, F_NO_PREALLOC)
+BACKEND_MAPS = {4: BACKENDS4, 6: BACKENDS6}
+NAT4 = MapSpec("nat4", MapType.LRU_HASH, 16, 8, NAT_CAPACITY)
+NAT6 = MapSpec("nat6", MapType.LRU_HASH, 40, 20, NAT_CAPACITY)
+NAT_MAPS = {4: NAT4, 6: NAT6}
+# ClientIP affinity: (service id, client address) -> u64 last use (ns), TARGET.
+AFFINITY4 = MapSpec("affinity4", MapType.LRU_HASH, 8, 16, NAT_CAPACITY)
+AFFINITY6 = MapSpec("affinity6", MapType.LRU_HASH, 20, 28, NAT_CAPACITY)
+AFFINITY_MAPS = {4: AFFINITY4, 6: AFFINITY6}
+SERVICE_MAPS = {m.name: m for m in (SVC4, SVC6, BACKENDS4, BACKENDS6)}
+
 NODE_MAPS = {m.name: m for m in (CT4, CT6, ENDPOINTS4, ENDPOINTS6, IDS4, IDS6, PORTS4, PORTS6,
-                                 HOSTPATH4, HOSTPATH6)}
+                                 HOSTPATH4, HOSTPATH6, SVC4, SVC6, BACKENDS4, BACKENDS6,
+                                 NAT4, NAT6, AFFINITY4, AFFINITY6)}
 
 
 # --- stack frame -------------------------------------------------------------
@@ -123,12 +153,16 @@ class Frame:
     np_bits: int      # PORT_WORDS u32s: the node's named ports the remote exposes here
     ct_value: int     # u64 written into new connection entries
     stat_key: int     # u32 index into the stats map
+    target: int       # Services: u64 time, then TARGET (an affinity value)
+    backend_key: int  # Services: BACKEND_KEY
     end: int          # the lowest offset the frame uses
 
     @staticmethod
     def plan() -> "Frame":
+        # np_key doubles as the Service lookup key (the same address, port,
+        # protocol layout); rkey as the reverse translation's key.
         return Frame(key=-40, rkey=-80, np_key=-104, np_bits=-112, ct_value=-120,
-                     stat_key=-128, end=-128)
+                     stat_key=-128, target=-160, backend_key=-168, end=-168)
 
 
 def addr_len(family: int) -> int:
@@ -156,6 +190,24 @@ def pack_bitmap(bits, words: int) -> bytes:
 
 def pack_named_port_key(address: str, port: int, protocol: int) -> bytes:
     return pack_addr(address) + struct.pack("!HBx", port, protocol)
+
+
+def pack_service_key(address: str, port: int, protocol: int) -> bytes:
+    return pack_named_port_key(address, port, protocol)
+
+
+def pack_service(sid: int, backends: int, affinity_seconds: int = 0) -> bytes:
+    return SERVICE.pack(sid, backends, SERVICE_AFFINITY if affinity_seconds else 0, affinity_seconds)
+
+
+def pack_target(address: str, port: int) -> bytes:
+    """A backend (or, in a reverse entry, a Service) address and port."""
+    return pack_addr(address) + struct.pack("!Hxx", port)
+
+
+def unpack_target(family: int, value: bytes) -> tuple[str, int]:
+    a = addr_len(family)
+    return str(ipaddress.ip_address(value[:a])), struct.unpack_from("!H", value, a)[0]
 
 
 def pack_ct_key(family: int, saddr: str, daddr: str, sport: int, dport: int, proto: int,

@@ -146,3 +146,39 @@ def frame(flow: Flow, *, tcp_flags: int = TCP_SYN, src_mac: bytes = DEFAULT_SRC_
                         src=src_mac, dst=dst_mac)
     return ethernet(ipv4(flow.src, flow.dst, IPPROTO[proto], l4), ETH_P_IP, src=src_mac, dst=dst_mac)
 
+
+
+def flow_of(frame_: bytes) -> Flow:
+    """The flow a frame (as `frame` makes them, no IPv4 options) carries:
+    what a program that rewrote it left."""
+    ethertype = int.from_bytes(frame_[12:14], "big")
+    if ethertype == ETH_P_IPV6:
+        src, dst, proto, l4 = frame_[22:38], frame_[38:54], frame_[20], 54
+    elif ethertype == ETH_P_IP:
+        src, dst, proto, l4 = frame_[26:30], frame_[30:34], frame_[23], 14 + (frame_[14] & 0xF) * 4
+    else:
+        raise ValueError(f"ethertype {ethertype:#06x} is neither IPv4 nor IPv6")
+    name = IPPROTO_NAMES.get(proto, str(proto))
+    sport, dport = (int.from_bytes(frame_[l4:l4 + 2], "big"), int.from_bytes(frame_[l4 + 2:l4 + 4], "big")) \
+        if name in ("TCP", "UDP", "SCTP") else (0, 0)
+    return Flow(str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)), name, sport, dport)
+
+
+def checksums_valid(frame_: bytes) -> bool:
+    """Whether the frame's IPv4 header checksum and its TCP or UDP checksum
+    are right (a UDP checksum of 0 over IPv4 means none)."""
+    flow = flow_of(frame_)
+    v6 = int.from_bytes(frame_[12:14], "big") == ETH_P_IPV6
+    if v6:
+        l4 = frame_[54:]
+    else:
+        ihl = (frame_[14] & 0xF) * 4
+        if checksum(frame_[14:14 + ihl]) != 0:
+            return False
+        l4 = frame_[14 + ihl:14 + int.from_bytes(frame_[16:18], "big")]
+    if flow.protocol not in ("TCP", "UDP"):
+        return True
+    if flow.protocol == "UDP" and not v6 and l4[6:8] == b"\0\0":
+        return True
+    pseudo = _pseudo_header(flow.src, flow.dst, IPPROTO[flow.protocol], len(l4))
+    return checksum(pseudo + l4) == 0

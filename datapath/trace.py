@@ -31,8 +31,13 @@ class VmEngine:
     name = "emulated"
 
     def __init__(self):
+        import random
+
         from tailor.datapath.ebpf import vm
         self._vm = vm
+        # Each run its own bpf_get_prandom_u32 sequence (a Service's backend
+        # is a random pick), reproducible from one engine to the next.
+        self._seeds = random.Random(0)
 
     def create_map(self, spec):
         return self._vm.VmMap.create(spec)
@@ -43,7 +48,7 @@ class VmEngine:
     def run(self, loaded, packet: bytes, mark: int = 0) -> tuple[int, bytes, int]:
         """(retval, the packet after, skb->mark after)."""
         ctx = self._vm.SkbContext.from_packet(packet, mark=mark) if mark else None
-        result = loaded.run(packet, ctx=ctx, ktime_ns=1)
+        result = loaded.run(packet, ctx=ctx, ktime_ns=1, prandom_seed=self._seeds.getrandbits(32))
         return result.retval, result.packet, result.ctx.mark
 
     def close(self, obj) -> None:
@@ -118,3 +123,65 @@ def walk(run, src: tuple[str | None, bytes], dst: tuple[str | None, bytes],
             if retval not in PASSING:
                 return False, steps
     return True, steps
+
+
+@dataclasses.dataclass
+class Followed:
+    """A connection walked to whoever holds the address its first packet
+    left with: `sent` that packet's flow (another destination than asked:
+    a Service translated), `answered` the flow src finally received (None
+    when a program stopped it), `frames` every frame a program returned."""
+    flow: pk.Flow
+    steps: list[Step]
+    sent: pk.Flow
+    answered: pk.Flow | None = None
+    frames: list[bytes] = dataclasses.field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return self.answered is not None
+
+    @property
+    def translated(self) -> bool:
+        return (self.sent.dst, self.sent.dport) != (self.flow.dst, self.flow.dport)
+
+
+def follow(run, src: tuple[str, bytes], flow: pk.Flow, locate) -> Followed:
+    """The walk of a connection from pod `src` (key, MAC) to an address its
+    program may translate (a Service): src's egress on the first packet;
+    then the pod of this node holding the address the packet left with
+    (`locate(address) -> (key, MAC)`, key None when no pod of this node
+    does) judges it with its ingress and answers through its egress; src's
+    ingress gets the reply and must give it the address src asked for.
+    Allowed when every program run passes and the answer is the reply to
+    `flow`."""
+    skey, smac = src
+    out_steps: list[Step] = []
+
+    def hop(key: str, direction: str, frame: bytes, mark: int) -> tuple[bool, bytes, int]:
+        retval, frame, out = run(key, direction, frame, mark)
+        out_steps.append(Step(key, direction, retval))
+        result.frames.append(frame)
+        return retval in PASSING, frame, out if retval == TcAct.REDIRECT else 0
+
+    first = pk.frame(flow, tcp_flags=pk.TCP_SYN, src_mac=smac)
+    result = Followed(flow, out_steps, flow)
+    ok, frame, mark = hop(skey, EGRESS, first, 0)
+    result.sent = sent = pk.flow_of(frame)
+    if not ok:
+        return result
+    dkey, dmac = locate(sent.dst)
+    reply = pk.frame(sent.reply(), tcp_flags=pk.TCP_SYN | pk.TCP_ACK, src_mac=dmac, dst_mac=smac)
+    mark_back = 0
+    if dkey is not None:
+        ok, _, _ = hop(dkey, INGRESS, frame, mark)
+        if not ok:
+            return result
+        ok, reply, mark_back = hop(dkey, EGRESS, reply, 0)
+        if not ok:
+            return result
+    ok, back, _ = hop(skey, INGRESS, reply, mark_back)
+    answered = pk.flow_of(back)
+    if ok and answered == flow.reply():
+        result.answered = answered
+    return result

@@ -17,6 +17,7 @@ import ipaddress
 from tailor.datapath import groups as node_groups
 from tailor.datapath import layout
 from tailor.datapath import packets as pk
+from tailor.datapath import services as node_services
 from tailor.datapath import trace
 from tailor.datapath.layout import EGRESS, INGRESS
 from tailor.operator import groups
@@ -36,6 +37,23 @@ class Trace:
     @property
     def allowed(self) -> bool:
         return len(self.steps) == 2 * self.ends and all(s.passed for s in self.steps)
+
+
+@dataclasses.dataclass
+class ServiceTrace:
+    """A connection to a Service address walked through the programs:
+    `backend` the flow its client's program made of it (None: left
+    untranslated), `answered` the flow the client finally received."""
+    flow: pk.Flow
+    backend: pk.Flow | None
+    steps: list[trace.Step]
+    answered: pk.Flow | None = None
+    checksums: bool = True         # every frame the programs rewrote had valid checksums
+
+    @property
+    def allowed(self) -> bool:
+        return (self.backend is not None and len(self.steps) == 4 and all(s.passed for s in self.steps)
+                and self.answered == self.flow.reply())
 
 
 @dataclasses.dataclass
@@ -62,6 +80,7 @@ class Node:
         self.ct = {f: self.shared[spec.name] for f, spec in layout.CT_MAPS.items()}
         self.pods: dict[str, _Pod] = {}
         self.addresses = tuple(addresses)
+        self.services = node_services.ServiceTable()
         self._write(self.groups.set_local(node_groups.HOST, self.addresses))
 
     def members(self, gid: str) -> frozenset:
@@ -76,6 +95,15 @@ class Node:
                     self.shared[name].delete(key)
                 else:
                     self.shared[name].update(key, value)
+
+    def set_services(self, entries) -> None:
+        """Hold this Service table (datapath.services.ServiceEntry), as an
+        agent does after SetServices."""
+        for name, key, value in self.services.set(entries):
+            if value is None:
+                self.shared[name].delete(key)
+            else:
+                self.shared[name].update(key, value)
 
     def add_generic(self, spec: ProgramSpec) -> None:
         """Load the pod on the generic programs (compiler.generic), its
@@ -130,7 +158,9 @@ class Node:
         self.pods[spec.pod] = _Pod(spec, programs, loaded, owned, mac)
 
     def reset_conntrack(self) -> None:
-        for m in self.ct.values():
+        """Forget every connection (and Service translation and affinity)."""
+        names = [*layout.CT_MAPS.values(), *layout.NAT_MAPS.values(), *layout.AFFINITY_MAPS.values()]
+        for m in (self.shared[spec.name] for spec in names):
             for key in list(m.keys()):
                 m.delete(key)
 
@@ -148,6 +178,25 @@ class Node:
 
         _, steps = trace.walk(run, ends[0], ends[1], flow)
         return Trace(flow, steps, sum(1 for key, _ in ends if key is not None))
+
+    def pod_at(self, address: str) -> str | None:
+        return next((ref for ref, p in self.pods.items() if address in (p.spec.ipv4, p.spec.ipv6)), None)
+
+    def trace_service(self, src: str, flow: pk.Flow) -> ServiceTrace:
+        """Walk a connection from pod `src` to a Service address
+        (trace.follow): src's egress translates it; the backend, if a pod
+        of this node, judges it and answers; src's ingress must give the
+        reply the Service's address back."""
+        def run(key: str, direction: str, frame: bytes, mark: int) -> tuple[int, bytes, int]:
+            return self.engine.run(self.pods[key].loaded[direction], frame, mark)
+
+        def locate(address: str):
+            ref = self.pod_at(address)
+            return (ref, self.pods[ref].mac) if ref else (None, pk.DEFAULT_SRC_MAC)
+
+        walked = trace.follow(run, (src, self.pods[src].mac), flow, locate)
+        return ServiceTrace(flow, walked.sent if walked.translated else None, walked.steps,
+                            walked.answered, all(pk.checksums_valid(f) for f in walked.frames))
 
     def close(self) -> None:
         for pod in self.pods.values():

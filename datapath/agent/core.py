@@ -23,12 +23,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 from tailor.datapath import layout
 from tailor.datapath.agent.backends import base
+
+log = logging.getLogger("tailor.agent")
 
 VERSION = "0.1.0"
 # How long attach_pod waits for a program (Apply or the program source).
@@ -229,6 +232,30 @@ class Core:
         count = self.network.apply(nodes, cluster_cidrs) if self.network is not None else 0
         self._nodes_digest = routes.digest(nodes, cluster_cidrs)
         return count, self._nodes_digest
+
+    def set_services(self, entries) -> tuple[int, str]:
+        """The cluster's Service table (datapath.services.ServiceEntry), the
+        whole truth. (entries in force, digest)."""
+        with self._lock:
+            try:
+                count = self.backend.set_services(entries)
+            except base.BackendError as e:
+                raise InvalidRequest(str(e)) from None
+            digest = self.backend.services_digest()
+        if self.network is not None:
+            from tailor.datapath.agent.node.network import NetworkError
+
+            names = {6: "TCP", 17: "UDP", 132: "SCTP"}
+            try:
+                self.network.unserved([(e.address, names[e.protocol], e.port) for e in entries
+                                       if not e.backends])
+            except NetworkError as e:
+                log.error("Services without backends will time out instead of being rejected: %s", e)
+        return count, digest
+
+    def services_digest(self) -> str:
+        with self._lock:
+            return self.backend.services_digest()
 
     def nodes_digest(self) -> str:
         """Of the last SetNodes in force ("" before the first; a restarted

@@ -80,9 +80,10 @@ def start(config: Config) -> Running:
                                        pod_cidrs=config.pod_cidrs, exempt=config.non_masquerade,
                                        state_dir=config.state)
     node_network.restore()
+    node_addresses = config.node_ips or addresses.discover()
     agent = core.Core(config.node, backend, program_for=program_source,
                       attach_timeout=config.attach_timeout, metrics=agent_metrics,
-                      node_addresses=config.node_ips or addresses.discover(), network=node_network)
+                      node_addresses=node_addresses, network=node_network)
     started: list = []
     try:
         adopted = agent.start()
@@ -96,7 +97,8 @@ def start(config: Config) -> Running:
         if config.metrics_port is not None:
             metrics_server = agent_metrics.serve(config.metrics_port)
             started.append(metrics_server.shutdown)
-        cni_server = _cni_server(config, agent) if config.socket else None
+        cni_server = _cni_server(config, agent, node_network.pod_mtu(node_addresses)) \
+            if config.socket else None
     except BaseException:
         for stop in reversed(started):
             stop()
@@ -107,13 +109,14 @@ def start(config: Config) -> Running:
                    len(adopted))
 
 
-def _cni_server(config: Config, agent: core.Core):
+def _cni_server(config: Config, agent: core.Core, mtu: int | None = None):
     """The CNI socket: the plugin's ADD/DEL/CHECK/STATUS/GC, handled with
-    this node's IPAM and veth wiring and the core's attach/detach."""
+    this node's IPAM and veth wiring (pods' MTU `mtu`: the overlay's) and
+    the core's attach/detach."""
     from tailor.datapath.agent.cni import handler, ipam, server as cni_server, wiring
 
     node_ipam = ipam.Ipam.from_cidrs(os.path.join(config.state, "ipam"), config.pod_cidrs)
-    cni = handler.CniHandler(node_ipam, wiring.Wiring(), attach=agent.attach_pod,
+    cni = handler.CniHandler(node_ipam, wiring.Wiring(mtu), attach=agent.attach_pod,
                              detach=agent.detach_pod, ready=agent.ready)
     srv = cni_server.CniSocketServer(config.socket, cni)
     srv.start()

@@ -123,6 +123,15 @@ class AgentServicer(rpc.AgentServicer):
         return pb.SetNodesResponse(routes=routes, digest=digest)
 
     @_errors_as_status
+    def SetServices(self, request, context):
+        try:
+            entries = wire.services_from_proto(request.services)
+        except ValueError as e:
+            raise core.InvalidRequest(f"SetServices: {e}") from None
+        count, digest = self.core.set_services(entries)
+        return pb.SetServicesResponse(services=count, digest=digest)
+
+    @_errors_as_status
     def Remove(self, request, context):
         namespace, name, uid = _pod_ref(request.pod)
         return pb.RemoveResponse(removed=self.core.remove(namespace, name, uid))
@@ -131,7 +140,8 @@ class AgentServicer(rpc.AgentServicer):
     def List(self, request, context):
         return pb.ListResponse(pods=[status_message(s) for s in self.core.list()],
                                groups_digest=self.core.groups_digest(),
-                               nodes_digest=self.core.nodes_digest())
+                               nodes_digest=self.core.nodes_digest(),
+                               services_digest=self.core.services_digest())
 
     @_errors_as_status
     def Get(self, request, context):
@@ -149,9 +159,10 @@ class AgentServicer(rpc.AgentServicer):
     def Trace(self, request, context):
         result = self.core.trace(request.src, request.dst, request.protocol or "TCP",
                                  request.src_port, request.dst_port)
+        translated = result.translated or ("", 0)
         return pb.TraceResponse(allowed=result.allowed, steps=[
             pb.TraceStep(pod=s.pod, direction=s.direction, retval=s.retval, verdict=s.verdict)
-            for s in result.steps])
+            for s in result.steps], translated_dst=translated[0], translated_port=translated[1])
 
     @_errors_as_status
     def Health(self, request, context):

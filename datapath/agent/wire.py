@@ -17,10 +17,12 @@ keys and values, in the layouts of datapath/layout.py).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath import groups as G
+from tailor.datapath.services import ServiceEntry
 from tailor.datapath.ebpf import isa
 from tailor.datapath.ebpf.maps import MapSpec, MapType
 from tailor.datapath.layout import DIRECTIONS
@@ -167,6 +169,37 @@ def group_changes_from_proto(msgs: Iterable[pb.GroupChange]) -> tuple[G.GroupCha
                 raise ValueError(f"group {m.group}: a named port's members are endpoints, not addresses")
         out.append(G.GroupChange(m.group, add, remove, m.replace, m.drop))
     return tuple(out)
+
+
+# -- Services -----------------------------------------------------------------------
+
+def services_to_proto(entries) -> list[pb.ServiceEntry]:
+    return [pb.ServiceEntry(address=e.address, port=e.port, protocol=e.protocol,
+                            backends=[pb.ServiceBackend(address=a, port=p) for a, p in e.backends],
+                            affinity_seconds=e.affinity_seconds, service=e.service) for e in entries]
+
+
+def services_from_proto(msgs) -> list[ServiceEntry]:
+    """Messages -> entries. Raises ValueError naming the Service for a bad one:
+    an address that is not one, a port or protocol out of range, a backend
+    of another family."""
+    out = []
+    for m in msgs:
+        name = f"Service {m.service or '?'} ({m.address} port {m.port})"
+        try:
+            family = ipaddress.ip_address(m.address).version
+            backends = tuple((str(ipaddress.ip_address(b.address)), b.port) for b in m.backends)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if not 1 <= m.port <= 65535 or any(not 1 <= p <= 65535 for _, p in backends):
+            raise ValueError(f"{name}: a port is outside 1-65535")
+        if m.protocol not in (6, 17, 132):
+            raise ValueError(f"{name}: protocol {m.protocol} is not TCP (6), UDP (17) or SCTP (132)")
+        if any(ipaddress.ip_address(a).version != family for a, _ in backends):
+            raise ValueError(f"{name}: a backend is not IPv{family}")
+        out.append(ServiceEntry(str(ipaddress.ip_address(m.address)), m.port, m.protocol, backends,
+                                m.affinity_seconds, m.service))
+    return out
 
 
 # -- map contents -------------------------------------------------------------------

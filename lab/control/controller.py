@@ -45,6 +45,7 @@ from tailor.operator.controller import engine as engine_
 from tailor.operator.controller import events, source
 from tailor.operator.controller.agents import Agents
 from tailor.operator.controller.nodetable import NodeTable
+from tailor.operator.controller.servicetable import ServiceTable
 from tailor.operator.controller.pusher import Pusher
 from tailor.operator.controller.reconcile import Reconciler
 
@@ -68,11 +69,14 @@ class Controller:
         self.engine = engine_.Engine(retry_first=RETRY_FIRST, retry_max=RETRY_MAX)
         self.agents = Agents(self.engine.agent_address)
         self.nodes = NodeTable(self.engine, self.agents, timeout=PUSH_TIMEOUT)
+        self.services = ServiceTable(self.engine, self.agents, timeout=PUSH_TIMEOUT)
         self.reconciler = Reconciler(self.engine, self.agents, interval=RECONCILE_SECONDS,
-                                     timeout=PUSH_TIMEOUT, nodes=self.nodes)
+                                     timeout=PUSH_TIMEOUT, nodes=self.nodes, services=self.services)
         self.pusher = Pusher(self.engine, self.agents, self.reconciler.refresh, timeout=PUSH_TIMEOUT)
-        self.engine.on_agents = lambda nodes: (self.reconciler.kick(), self.nodes.kick())
+        self.engine.on_agents = lambda nodes: (self.reconciler.kick(), self.nodes.kick(),
+                                               self.services.kick())
         self.engine.on_nodes = self.nodes.kick
+        self.engine.on_services = self.services.kick
         # Set on every view change. Never a lock of ours: the engine calls it
         # under its own lock, and sync() calls into the engine.
         self._changed = threading.Event()
@@ -90,6 +94,7 @@ class Controller:
         self.pusher.start()
         self.reconciler.start()
         self.nodes.start()
+        self.services.start()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -98,6 +103,7 @@ class Controller:
         self.pusher.join(PUSH_TIMEOUT + 2)
         self.reconciler.stop()
         self.nodes.stop()
+        self.services.stop()
         self.agents.close()
 
     # -- sync ---------------------------------------------------------------------------
@@ -117,6 +123,7 @@ class Controller:
             why.append("pushes in flight")
         why += [f"node {n}: its agent does not hold the node table yet (routes to other "
                 f"nodes' pods)" for n in self.nodes.unsettled()]
+        why += [f"node {n}: its agent does not hold the Service table yet" for n in self.services.unsettled()]
         return why
 
     def sync(self, timeout: float) -> dict:

@@ -20,7 +20,10 @@ operator's engine (`--control lab`), operated creates them in the API server
   (its template, named after the workload), since the lab runs no workload
   controllers.
 
-Anything else in the manifests (Services, ConfigMaps...) is not created.
+- Services: as written, at the ClusterIPs the lab allocated (headless and
+  ExternalName ones, which the lab leaves out, are not created).
+
+Anything else in the manifests (ConfigMaps...) is not created.
 """
 from __future__ import annotations
 
@@ -33,12 +36,13 @@ from tailor.operator.cluster.state import NAMESPACE_NAME_LABEL
 
 AGENT_ANNOTATION = "tailor.dev/agent-address"
 POLICY_KINDS = ("NetworkPolicy", *adminpolicy.KINDS)
-API_VERSIONS = {"Namespace": "v1", "Node": "v1", "Pod": "v1",
+API_VERSIONS = {"Namespace": "v1", "Node": "v1", "Pod": "v1", "Service": "v1",
                 "NetworkPolicy": "networking.k8s.io/v1", **adminpolicy.API_VERSIONS}
 PATHS = {
     "Namespace": "/api/v1/namespaces",
     "Node": "/api/v1/nodes",
     "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Service": "/api/v1/namespaces/{ns}/services",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     "AdminNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
     "BaselineAdminNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
@@ -56,7 +60,7 @@ def path(kind: str, namespace: str | None = None, name: str | None = None) -> st
 
 def creation_order(lab: dict) -> list[dict]:
     """Every object to create, in an order the API accepts: namespaces, nodes,
-    policies, then pods."""
+    policies, Services (at the ClusterIPs the lab gave them), then pods."""
     found = manifests.objects(lab["manifests"])
     declared_ns = {o["metadata"]["name"]: o for _, o in found if o.get("kind") == "Namespace"}
     policies = [o for _, o in found if o.get("kind") in POLICY_KINDS]
@@ -73,8 +77,22 @@ def creation_order(lab: dict) -> list[dict]:
              if o["kind"] == "NetworkPolicy"}
     namespaces = [namespace(name, declared_ns.get(name)) for name in sorted(set(declared_ns) | used)]
     nodes = [node(n, declared_nodes.get(n["name"])) for n in lab["nodes"]]
-    return namespaces + nodes + [_clean(o) for o in policies] + \
+    ips = {(s_["namespace"], s_["name"]): s_["cluster_ips"] for s_ in lab.get("services", [])}
+    services = [service(o, ips.get((o["metadata"].get("namespace") or "default", o["metadata"]["name"])))
+                for _, o in found if o.get("kind") == "Service"]
+    return namespaces + nodes + [_clean(o) for o in policies] + [s_ for s_ in services if s_] + \
         [pod(p, by_ref[p["ref"]]) for p in lab["pods"]]
+
+
+def service(declared: Mapping, cluster_ips: list[str] | None) -> dict | None:
+    """A Service as the API holds it once its ClusterIPs are allocated
+    (None for one the lab left out: headless, ExternalName)."""
+    if not cluster_ips:
+        return None
+    obj = _clean(declared)
+    obj["metadata"].setdefault("namespace", "default")
+    obj["spec"] = {**obj.get("spec", {}), "clusterIP": cluster_ips[0], "clusterIPs": list(cluster_ips)}
+    return obj
 
 
 def namespace(name: str, declared: Mapping | None) -> dict:

@@ -112,9 +112,6 @@ def run(lab: dict, timeout: float = TIMEOUT) -> dict:
     probed = [f"{proto} {reachability.format_ranges(_ranges([p for q, p in all_ports if q == proto]))}"
               for proto in PROBED if any(q == proto for q, _ in all_ports)]
     probed.append(f"outside TCP/UDP {OUTSIDE_PORT}")
-    if lab.get("services") and not lab.get("kube_proxy"):
-        notes.append("Services not probed: tailor does not translate Service addresses itself yet; "
-                     "`tailor lab up --kube-proxy` gives the nodes kube-proxy's rules")
     out = {**groups, "datapath": datapath, "probed": probed, "notes": notes,
            "seconds": round(time.monotonic() - started, 2)}
     if seen is not None:
@@ -123,12 +120,11 @@ def run(lab: dict, timeout: float = TIMEOUT) -> dict:
 
 
 def service_targets(lab: dict) -> list[dict]:
-    """Each Service port the probe tries (kube-proxy lab only): {"ref",
-    "service", "port" (ServicePort), "address", "family", "backends": pod
-    refs}. Only ports every endpoint of which serves a probed declared port
-    (else nothing would answer there, whatever the policies)."""
-    if not lab.get("kube_proxy"):
-        return []
+    """Each Service port the probe tries (tailor's programs translate them,
+    and kube-proxy's rules too with --kube-proxy): {"ref", "service", "port"
+    (ServicePort), "address", "family", "backends": pod refs}. Only ports
+    every endpoint of which serves a probed declared port (else nothing
+    would answer there, whatever the policies)."""
     from tailor.operator.cluster import services as services_
 
     state = model(lab)
@@ -463,6 +459,24 @@ def _emulated(lab: dict, pods: list[dict], ports: dict) -> set[tuple]:
                             src=pair[0], dst=f"{dst['namespace']}/{dst['name']}", protocol=protocol,
                             dst_port=port), timeout=10).allowed:
                         opened.add((node_ref(node["name"]), dst["ref"], protocol, port))
+        by_address = {a: p for p in pods for a in p["addresses"]}
+        for src in pods:
+            key = f"{src['namespace']}/{src['name']}"
+            for ref, address, protocol, port in _pod_targets(src, [], ports, lab, service_targets(lab)):
+                if not ref.endswith("[Service]"):
+                    continue
+                # The source's agent runs its programs (and a backend's of its
+                # node); a backend elsewhere is judged by its own agent.
+                first = stubs[src["node"]].Trace(pb.TraceRequest(src=key, dst=address, protocol=protocol,
+                                                                 dst_port=port), timeout=10)
+                backend = by_address.get(first.translated_dst)
+                allowed = first.allowed and backend is not None
+                if allowed and backend["node"] != src["node"]:
+                    allowed = stubs[backend["node"]].Trace(pb.TraceRequest(
+                        src=pair_address(backend, src), dst=f"{backend['namespace']}/{backend['name']}",
+                        protocol=protocol, dst_port=first.translated_port), timeout=10).allowed
+                if allowed:
+                    opened.add((src["ref"], ref, protocol, port))
         for src in pods:
             pair = _family_pick(src["addresses"], outside_addresses(lab))
             if pair is None:

@@ -17,6 +17,7 @@ but that were never declared exist implicitly with the default label
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterator
 
 from tailor.operator.cluster import addresses
@@ -39,6 +40,7 @@ class ClusterState:
         self.baseline: AdminPolicy | None = None               # the BaselineAdminNetworkPolicy
         self.cluster_policies: dict[str, AdminPolicy] = {}     # ClusterNetworkPolicies, both tiers
         self.services: dict[tuple[str, str], Service] = {}     # by (namespace, name)
+        self._service_use = None
         self.warnings: list[str] = []
         self._pods_by_namespace: dict[str, dict[PodKey, Pod]] = {}
         self._pods_by_ip: dict[str, Pod] = {}
@@ -58,6 +60,21 @@ class ClusterState:
     def add_service(self, service: Service) -> None:
         self.ensure_namespace(service.namespace)
         self.services[(service.namespace, service.name)] = service
+        self._service_use = None
+
+    def service_use(self) -> tuple[frozenset[int], frozenset[str], bool]:
+        """What the Services need of every pod's programs: the families of
+        their addresses, their protocols, whether any has ClientIP affinity."""
+        if self._service_use is None:
+            fams, protos, affinity = set(), set(), False
+            for svc in self.services.values():
+                if not svc.cluster_ips:
+                    continue
+                fams.update(ipaddress.ip_address(a).version for a in svc.cluster_ips)
+                protos.update(p.protocol for p in svc.ports)
+                affinity = affinity or svc.session_affinity == "ClientIP"
+            self._service_use = (frozenset(fams), frozenset(protos), affinity)
+        return self._service_use
 
     def sorted_services(self) -> list[Service]:
         return [self.services[k] for k in sorted(self.services)]
@@ -124,6 +141,7 @@ class ClusterState:
         if kind == "Node":
             return self.nodes.pop(name, None) is not None
         if kind == "Service":
+            self._service_use = None
             return self.services.pop((namespace, name), None) is not None
         if kind == "NetworkPolicy":
             policy = self.network_policies.pop((namespace, name), None)

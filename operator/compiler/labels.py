@@ -80,3 +80,7 @@ def family_forward(f: int) -> str:
 
 def stat_done(stat: int, where: str) -> str:
     return f"stat{stat}_{where}_done"
+
+
+def service(f: int, part: str) -> str:
+    return f"v{f}_service_{part}"

@@ -12,7 +12,8 @@ emitted at all:
 
     header      r6 = ctx
     ethertype   ARP passes; each of the pod's families to its parser; else drop
-    per family  parse -> anti-spoof (egress) | host path? (ingress) -> reply? (conntrack)
+    per family  parse -> anti-spoof, Service translation (egress) | Service reply
+                translated back, host path? (ingress) -> reply? (conntrack)
                 -> peer lookup -> own node? (ingress) -> named-port lookup
                 -> tiers -> record (conntrack)
     footer      allow: TC_ACT_OK; drop: TC_ACT_SHOT
@@ -31,7 +32,7 @@ from tailor.datapath.ebpf.builder import Builder, R0, R1, R6, R9, R10
 from tailor.datapath.ebpf.maps import MapSpec
 from tailor.datapath import groups as node_groups
 from tailor.datapath import layout
-from tailor.operator.compiler import conntrack, forward, labels, parse, rules
+from tailor.operator.compiler import conntrack, forward, labels, parse, rules, services
 from tailor.operator.compiler.spec import (EGRESS, INGRESS, Cidr, Direction, Group, NamedPort,
                                            ProgramSpec, TierKind)
 
@@ -230,6 +231,10 @@ def features_of(spec: ProgramSpec, direction: str) -> set[str]:
             out.add("node-allow")
     if d.enforced or other.enforced:
         out.add("conntrack")
+    if any(spec.translates(f) for f in spec.families):
+        out.add("services")
+        if spec.services.affinity and direction == EGRESS:
+            out.add("session-affinity")
     kinds = {t.kind for t in d.tiers}
     if TierKind.ADMIN in kinds:
         out.add("anp")
@@ -255,8 +260,8 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
     frame = layout.Frame.plan()
     maps: dict[str, MapSpec] = {}
 
-    # Ports and protocol matter only to policy and connection tracking.
-    l4 = d.enforced or other.enforced
+    # Ports and protocol matter only to policy, connection tracking and Services.
+    stateful = d.enforced or other.enforced
     b = Builder()
     b.mov64(R6, R1)
     parse.ethertype(b, spec.families, arp=labels.ARP, drop=labels.DROP)
@@ -264,6 +269,8 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
         remote = frame.key + layout.key_fields(family)["daddr" if direction == EGRESS else "saddr"]
         # Where an allowed packet goes: egress delivers it, ingress lets it in.
         passed = labels.family_forward(family) if direction == EGRESS else labels.ALLOW
+        translates = spec.translates(family)
+        l4 = stateful or translates
         with b.annotate(f"parse IPv{family}" + ("" if l4 else " addresses")):
             if family == 4:
                 parse.ipv4(b, frame.key, labels.DROP, l4=l4)
@@ -272,7 +279,11 @@ def compile_direction(spec: ProgramSpec, direction: str) -> Program:
         if direction == EGRESS:
             with b.annotate("anti-spoof: the pod sends only from its own address"):
                 _anti_spoof(b, spec, family, frame)
+            if translates:
+                services.translate(b, family, frame, spec.services, labels.DROP)
         else:
+            if translates:
+                services.untranslate(b, family, frame, spec.services, labels.DROP)
             forward.host_path_record(b, family, frame)
         if d.enforced:
             maps[layout.CT_MAPS[family].name] = layout.CT_MAPS[family]

@@ -72,7 +72,19 @@ def resolve(state: ClusterState, pod: Pod, *, mac: bytes = b"\0" * 6, ifindex: i
         built[direction] = S.Direction(tuple(_tiers(state, pod, acc)))
         definitions.update(acc.definitions)
     return S.ProgramSpec(pod.ref, pod.ip(4), pod.ip(6), mac, ifindex,
-                         ingress=built[S.INGRESS], egress=built[S.EGRESS], definitions=definitions)
+                         ingress=built[S.INGRESS], egress=built[S.EGRESS],
+                         services=_services(state, pod, built[S.EGRESS]), definitions=definitions)
+
+
+def _services(state: ClusterState, pod: Pod, egress: S.Direction) -> S.Services | None:
+    """Service translation for the pod's families that have Service
+    addresses — none for a pod whose egress allows nothing at all (every
+    Service connection would be dropped, translated or not)."""
+    families, protocols, affinity = state.service_use()
+    families = tuple(f for f in pod.families if f in families)
+    if not families or egress.enforced and not egress.rules:
+        return None
+    return S.Services(families, tuple(sorted(PROTOCOL_NUMBERS[p] for p in protocols)), affinity)
 
 
 def _tiers(state: ClusterState, pod: Pod, acc: _Direction) -> list[S.Tier]:

@@ -116,6 +116,18 @@ class Direction:
 
 
 @dataclasses.dataclass(frozen=True)
+class Services:
+    """What the pod's programs need of Service translation: the families
+    that have a Service address, the protocols Services use, and whether
+    any asks for ClientIP affinity. The Services themselves are node data
+    (layout's svc and backends maps): adding one changes no program unless
+    it brings a new family, protocol or affinity."""
+    families: tuple[int, ...]
+    protocols: tuple[int, ...]
+    affinity: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ProgramSpec:
     pod: str                                 # "ns/name[Kind]"
     ipv4: str | None
@@ -124,6 +136,7 @@ class ProgramSpec:
     ifindex: int = 0                         # host-side interface; 0 until wired
     ingress: Direction = Direction()
     egress: Direction = Direction()
+    services: Services | None = None         # None: no Service translation
     # What the group ids its rules name stand for ({id: operator.groups
     # definition}): not part of the shape, the ids are.
     definitions: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -139,3 +152,7 @@ class ProgramSpec:
     @property
     def families(self) -> tuple[int, ...]:
         return tuple(f for f, a in ((4, self.ipv4), (6, self.ipv6)) if a)
+
+    def translates(self, family: int) -> bool:
+        """Whether the pod's programs translate Service addresses of `family`."""
+        return self.services is not None and family in self.services.families and family in self.families

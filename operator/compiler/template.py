@@ -120,7 +120,8 @@ class Templates:
             names = _Names()
             hit = self._canonical[key] = (spec.ingress, spec.egress, _shape(spec, names, 0), names)
         _, _, shape, names = hit
-        return _with_address(dataclasses.replace(shape, ipv4=spec.ipv4, ipv6=spec.ipv6), 0), names
+        return _with_address(dataclasses.replace(shape, ipv4=spec.ipv4, ipv6=spec.ipv6,
+                                                 services=spec.services), 0), names
 
     def _make(self, spec: ProgramSpec, shape: ProgramSpec) -> _Template | None:
         a = program.compile_pod(_with_address(shape, 0))

@@ -34,6 +34,7 @@ from tailor.operator.controller.config import Config
 from tailor.operator.controller.kube import KubeClient
 from tailor.operator.controller.lease import Lease
 from tailor.operator.controller.nodetable import NodeTable
+from tailor.operator.controller.servicetable import ServiceTable
 from tailor.operator.controller.pusher import Pusher
 from tailor.operator.controller.reconcile import Reconciler
 
@@ -48,8 +49,9 @@ class Controller:
                                      coalesce=config.push_coalesce)
         self.agents = Agents(self.engine.agent_address)
         self.nodes = NodeTable(self.engine, self.agents, timeout=config.push_timeout)
+        self.services = ServiceTable(self.engine, self.agents, timeout=config.push_timeout)
         self.reconciler = Reconciler(self.engine, self.agents, interval=config.reconcile_seconds,
-                                     timeout=config.push_timeout, nodes=self.nodes)
+                                     timeout=config.push_timeout, nodes=self.nodes, services=self.services)
         self.pusher = Pusher(self.engine, self.agents, self.reconciler.refresh,
                              chunk=config.push_chunk, timeout=config.push_timeout)
         self.kube = KubeClient(credentials, timeout=config.request_timeout)
@@ -57,8 +59,10 @@ class Controller:
         self.engine.on_views = self.writer.wake
         self.policy_status = policystatus.Writer(self.engine, self.kube)
         self.engine.on_policy_verdicts = self.policy_status.wake
-        self.engine.on_agents = lambda nodes: (self.reconciler.kick(), self.nodes.kick())
+        self.engine.on_agents = lambda nodes: (self.reconciler.kick(), self.nodes.kick(),
+                                               self.services.kick())
         self.engine.on_nodes = self.nodes.kick
+        self.engine.on_services = self.services.kick
         self.source_server = None
         self.source_port: int | None = None
         self.metrics_server = None
@@ -93,6 +97,7 @@ class Controller:
         self.pusher.start()
         self.reconciler.start()
         self.nodes.start()
+        self.services.start()
         self._writer_task = asyncio.create_task(self.writer.run(), name="tailor-podprograms")
         self._policy_status_task = asyncio.create_task(self.policy_status.run(),
                                                        name="tailor-policy-status")
@@ -109,6 +114,7 @@ class Controller:
         await asyncio.to_thread(self.pusher.join, self.config.push_timeout + 2)
         await asyncio.to_thread(self.reconciler.stop)
         await asyncio.to_thread(self.nodes.stop)
+        await asyncio.to_thread(self.services.stop)
         for task in (self._writer_task, self._policy_status_task, self._resync_task):
             if task is not None:
                 task.cancel()

@@ -119,6 +119,7 @@ class Engine:
         self.errors: collections.deque = collections.deque(maxlen=50)
         self.on_views: Callable[[], None] = lambda: None    # the writer's wake-up
         self.on_nodes: Callable[[], None] = lambda: None    # a Node changed (nodetable.py)
+        self.on_services: Callable[[], None] = lambda: None  # Services or pods changed (servicetable.py)
         # Through a lambda, not on_views itself: app replaces on_views after this.
         self.views = views.Views(self.world, on_change=lambda: self.on_views())
         self.on_agents: Callable[[set[str]], None] = lambda nodes: None   # agents moved
@@ -143,6 +144,7 @@ class Engine:
             judged = bool(self.world.changed_verdicts)
         self.on_agents(nodes)
         self.on_nodes()
+        self.on_services()
         if judged:
             self.on_policy_verdicts()
         return errors
@@ -173,6 +175,8 @@ class Engine:
             self.on_agents(outcome.agents)
         if kind == events.NODE:
             self.on_nodes()
+        if outcome.services or kind == events.POD and self.world.state.services:
+            self.on_services()
         if judged:
             self.on_policy_verdicts()
         return outcome
@@ -521,6 +525,14 @@ class Engine:
     def agent_address(self, node: str) -> str | None:
         with self._lock:
             return self.world.agent_address(node)
+
+    def cluster_services(self) -> tuple[list, list[str]]:
+        """The Service table every node translates (compiler/servicemaps),
+        and warnings for what it leaves out."""
+        from tailor.operator.compiler import servicemaps
+
+        with self._lock:
+            return servicemaps.entries(self.world.state)
 
     def cluster_nodes(self) -> list:
         """Every Node of the model (objects.Node), by name."""

@@ -26,15 +26,15 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from tailor.operator import affected, groups, selectors
-from tailor.operator.cluster import adminpolicy, manifests, networkpolicy, pods
+from tailor.operator.cluster import adminpolicy, manifests, networkpolicy, pods, services
 from tailor.operator.cluster.objects import Pod
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.errors import InvalidSpec
 
-POD, NAMESPACE, NODE = "Pod", "Namespace", "Node"
+POD, NAMESPACE, NODE, SERVICE = "Pod", "Namespace", "Node", "Service"
 NETWORK_POLICY = "NetworkPolicy"
 ANP, BANP, CNP = adminpolicy.ANP, adminpolicy.BANP, adminpolicy.CNP
-KINDS = (NAMESPACE, NODE, POD, NETWORK_POLICY, ANP, BANP, CNP)
+KINDS = (NAMESPACE, NODE, POD, SERVICE, NETWORK_POLICY, ANP, BANP, CNP)
 # The cluster-wide policy kinds: optional CRDs, watched once they exist.
 CLUSTER_POLICY_KINDS = adminpolicy.KINDS
 # kind -> (group, version, plural): what is watched and listed.
@@ -42,6 +42,7 @@ RESOURCES = {
     NAMESPACE: ("", "v1", "namespaces"),
     NODE: ("", "v1", "nodes"),
     POD: ("", "v1", "pods"),
+    SERVICE: ("", "v1", "services"),
     NETWORK_POLICY: ("networking.k8s.io", "v1", "networkpolicies"),
     ANP: ("policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"),
     BANP: ("policy.networking.k8s.io", "v1alpha1", "baselineadminnetworkpolicies"),
@@ -62,6 +63,7 @@ class Outcome:
     groups: set[str] = dataclasses.field(default_factory=set)     # groups whose members changed
     error: str | None = None             # the object was refused: why (nothing changed)
     agents: set[str] = dataclasses.field(default_factory=set)     # nodes whose agent address changed
+    services: bool = False               # the Service table may have changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +148,8 @@ class World:
                 return self._namespace(name, body, gone)
             if kind == NODE:
                 return self._node(name, body, gone)
+            if kind == SERVICE:
+                return self._service(namespace, name, body, gone)
             if kind == NETWORK_POLICY:
                 return self._network_policy(namespace, name, body, gone)
             if kind in CLUSTER_POLICY_KINDS:
@@ -256,6 +260,23 @@ class World:
             out.groups = self.memberships.nodes_changed(old, new)
         return out
 
+    def _service(self, namespace: str, name: str, body: Mapping, gone: bool) -> Outcome:
+        """A Service: the node's Service table follows; programs change only
+        when what Services need of them does (a new family, protocol or
+        affinity: every pod's shape)."""
+        before = self.state.service_use()
+        if gone or services.untranslated(body) is not None:
+            changed = self.state.delete(SERVICE, namespace, name)
+        else:
+            new = services.parse(body, namespace, name)
+            changed = self.state.services.get((namespace, name)) != new
+            if changed:
+                self.state.add_service(new)
+        out = Outcome(services=changed)
+        if changed and self.state.service_use() != before:
+            out.affected = {p.ref for p in self.state.pods.values()}
+        return out
+
     def _network_policy(self, namespace: str, name: str, body: Mapping, gone: bool) -> Outcome:
         old = self.state.network_policies.get((namespace, name))
         if gone:
@@ -347,6 +368,8 @@ class World:
             return {(None, n) for n in self._namespaces}
         if kind == NODE:
             return {(None, n) for n in state.nodes} | {(None, n) for n in self._annotated}
+        if kind == SERVICE:
+            return set(state.services)
         if kind == NETWORK_POLICY:
             return set(state.network_policies)
         if kind == ANP:

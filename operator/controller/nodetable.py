@@ -38,7 +38,8 @@ class NodeTable:
         self._lock = threading.Lock()
         self._kicked = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tailor-nodes", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"tailor-{self.what.replace(' ', '-')}",
+                                        daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -68,6 +69,24 @@ class NodeTable:
     def digest(self) -> str:
         return routes.digest(self.table(), self.cluster_cidrs)
 
+    # What a subclass for another node-level table changes: the request,
+    # the RPC, and what the log says.
+    what = "node table"
+
+    def _request(self) -> tuple[object, str, str]:
+        """(the request, the digest an agent holding it answers, a summary)."""
+        table = self.table()
+        request = pb.SetNodesRequest(
+            nodes=[pb.ClusterNode(name=n.name, addresses=n.addresses, pod_cidrs=n.pod_cidrs)
+                   for n in table], cluster_cidrs=self.cluster_cidrs)
+        return request, routes.digest(table, self.cluster_cidrs), f"{len(table)} nodes"
+
+    def _call(self, stub, request):
+        return stub.SetNodes.future(request, timeout=self.timeout)
+
+    def _describe(self, answer) -> str:
+        return f"{answer.routes} routes"
+
     def unsettled(self) -> list[str]:
         """The agents that do not hold the current table (empty when all do)."""
         want = self.digest()
@@ -86,17 +105,13 @@ class NodeTable:
                     self._stop.wait(RETRY_SECONDS)
                     self._kicked.set()
             except Exception:   # noqa: BLE001 - the loop must outlive one bad round
-                log.exception("node table round failed")
+                log.exception("%s round failed", self.what)
 
     def send_round(self) -> bool:
-        """SetNodes to every agent lacking the table; True when all have it."""
+        """The table to every agent lacking it; True when all have it."""
         if not self.engine.synced:
             return False
-        table = self.table()
-        want = routes.digest(table, self.cluster_cidrs)
-        request = pb.SetNodesRequest(
-            nodes=[pb.ClusterNode(name=n.name, addresses=n.addresses, pod_cidrs=n.pod_cidrs)
-                   for n in table], cluster_cidrs=self.cluster_cidrs)
+        request, want, summary = self._request()
         flying = []
         for node in sorted(self.engine.agent_nodes()):
             with self._lock:
@@ -106,20 +121,19 @@ class NodeTable:
                 stub = self.agents.stub(node)
             except NoAgent:
                 continue
-            flying.append((node, stub.SetNodes.future(request, timeout=self.timeout)))
+            flying.append((node, self._call(stub, request)))
         ok = True
         for node, future in flying:
             try:
                 answer = future.result()
             except grpc.RpcError as e:
                 ok = False
-                log.warning("SetNodes on node %s: %s: %s", node, e.code().name, e.details())
+                log.warning("%s to node %s: %s: %s", self.what, node, e.code().name, e.details())
                 continue
             self.sends += 1
             with self._lock:
                 self._held[node] = answer.digest
             if answer.digest != want:
                 ok = False
-            log.info("node %s holds the node table (%d nodes, %d routes)", node, len(table),
-                     answer.routes)
+            log.info("node %s holds the %s (%s; %s)", node, self.what, summary, self._describe(answer))
         return ok

@@ -28,9 +28,10 @@ log = logging.getLogger("tailor.operator.reconcile")
 
 class Reconciler:
     def __init__(self, engine: engine_.Engine, agents: Agents, *, interval: float = 30.0,
-                 timeout: float = 10.0, nodes=None):
+                 timeout: float = 10.0, nodes=None, services=None):
         self.engine = engine
         self.nodes = nodes                  # nodetable.NodeTable: told which table each agent holds
+        self.services = services            # servicetable.ServiceTable: likewise
         self.agents = agents
         self.interval = interval
         self.timeout = timeout
@@ -85,6 +86,8 @@ class Reconciler:
                 continue
             if self.nodes is not None:
                 self.nodes.listed(node, answer.nodes_digest)
+            if self.services is not None:
+                self.services.listed(node, answer.services_digest)
             held = [(f"{s.pod.namespace}/{s.pod.name}", report_of(s)) for s in answer.pods]
             for work in self.engine.reported(node, held, at, answer.groups_digest):
                 try:

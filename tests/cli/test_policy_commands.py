@@ -90,3 +90,21 @@ spec:
     run = tailor("programs", "-f", str(ROOT / "examples/01-namespaces-and-ports"), "--disasm", "x/zz",
                  check=False)
     assert run.returncode == 2 and "no such pod" in run.stderr
+
+
+SERVICE_CASE = [ROOT / "tests/policy/cases/topology.yaml", ROOT / "tests/lab/policies.yaml",
+                ROOT / "tests/lab/services.yaml"]
+
+
+def services(datapath):
+    args = [a for p in SERVICE_CASE for a in ("-f", str(p))]
+    return json.loads(tailor("connectivity", *args, "--datapath", datapath, "--format", "json").stdout)["services"]
+
+
+@pytest.mark.parametrize("datapath", ["emulated", pytest.param("kernel", marks=pytest.mark.kernel)])
+def test_service_connectivity_through_the_programs_equals_the_model(datapath):
+    model = services("model")
+    # x/web's backend x/a takes TCP only from namespace y; y/isolated's denies all; y/nobody has none.
+    assert {(c["src"], c["dst"], c["protocol"], c["ports"], c["backends"]) for c in model} == {
+        (f"y/{p}[Pod]", "x/web[Service]", "TCP", "8000", "all") for p in "abc"}
+    assert services(datapath) == model

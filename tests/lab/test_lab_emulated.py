@@ -123,3 +123,20 @@ def test_an_object_the_api_refuses_fails_up_with_its_name_and_leaves_nothing(lab
     assert "step 'api' failed" in message and "Pod x/a" in message and "409" in message
     assert "apiserver.log" in message
     assert not os.path.exists(lab_root / "ec")
+
+
+def test_emulated_lab_probes_services_through_the_programs_translation(lab_root):
+    """The agents' Trace follows a Service translation: the source's program
+    picks a backend, which (on its own node's agent) judges the connection."""
+    services = os.path.join(HERE, "services.yaml")
+    data = lab.up([TOPOLOGY, POLICIES, services], nodes=2, backend="emulated", name="ems",
+                  echo=lambda _: None)
+    try:
+        got = lab.probe("ems")
+        assert probe.check(data, got) == []
+        reached = {(c["src"], c["dst"]) for c in got["services"]}
+        # Only namespace y reaches x/a (its policy), so only y reaches x/web.
+        assert {s for s, d in reached if d == "x/web[Service]"} == {"y/a[Pod]", "y/b[Pod]", "y/c[Pod]"}
+        assert not any(d in ("y/isolated[Service]", "y/nobody[Service]") for _, d in reached)
+    finally:
+        lab.down("ems", echo=lambda _: None)

@@ -1,8 +1,9 @@
-"""Services on a kernel lab whose nodes carry kube-proxy's nftables rules
-(`--kube-proxy`): every Service connection gets the verdict the model gives
-its backend, on the backend's node and across nodes (the replies of a
-same-node backend go back through the node, which undoes the DNAT); a
-Service with no endpoint rejects at once."""
+"""Services on a kernel lab, translated by the pods' own programs — alone,
+and with the nodes also carrying kube-proxy's nftables rules
+(`--kube-proxy`), which must then neither break nor translate anything
+twice: every Service connection gets the verdict the model gives its
+backend, on the backend's node and across nodes; a Service with no
+endpoint rejects at once (tailor's node rules, or kube-proxy's)."""
 from __future__ import annotations
 
 import json
@@ -22,26 +23,26 @@ HERE = os.path.dirname(__file__)
 TOPOLOGY = os.path.join(HERE, "..", "policy", "cases", "topology.yaml")
 POLICIES = os.path.join(HERE, "policies.yaml")
 SERVICES = os.path.join(HERE, "services.yaml")
-NAME = "tsvc"
 
 
-@pytest.fixture(scope="module")
-def up():
-    if state_.exists(NAME):
-        lab.down(NAME, echo=lambda _: None)
-    data = lab.up([TOPOLOGY, POLICIES, SERVICES], nodes=2, backend="kernel", name=NAME, kube_proxy=True,
-                  echo=lambda _: None)
+@pytest.fixture(scope="module", params=[False, True], ids=["tailor-alone", "with-kube-proxy"])
+def up(request):
+    name = "tsvk" if request.param else "tsvn"
+    if state_.exists(name):
+        lab.down(name, echo=lambda _: None)
+    data = lab.up([TOPOLOGY, POLICIES, SERVICES], nodes=2, backend="kernel", name=name,
+                  kube_proxy=request.param, echo=lambda _: None)
     yield data
-    lab.down(NAME, echo=lambda _: None)
+    lab.down(name, echo=lambda _: None)
     assert lab.leftovers(data) == []
 
 
 def test_service_connections_are_judged_on_their_backends(up):
-    data = state_.load(NAME)
+    data = state_.load(up["name"])
     assert {s["ref"]: s["cluster_ips"] for s in data["services"]} == {
         "x/web[Service]": ["10.96.0.10"], "y/isolated[Service]": ["10.96.5.5"],
         "y/nobody[Service]": ["10.96.0.11"]}
-    got = lab.probe(NAME)
+    got = lab.probe(data["name"])
     assert probe.check(data, got) == []
     reached = {(c["src"], c["dst"], c["protocol"]) for c in got["services"]}
     # a-from-y: only namespace y reaches x/a, so only y reaches x/web, on TCP.
@@ -53,7 +54,7 @@ def test_service_connections_are_judged_on_their_backends(up):
 
 
 def test_a_service_without_endpoints_rejects_at_once(up):
-    data = state_.load(NAME)
+    data = state_.load(up["name"])
     client = next(p for p in data["pods"] if p["ref"] == "y/a[Pod]")
     out = subprocess.run(netns.exec_argv(client["netns"], [sys.executable, "-m", "tailor.lab.probing.dial",
                                                            "--timeout", "5"]),

@@ -455,6 +455,36 @@ def test_every_agent_holds_the_node_table_and_follows_a_node_change(world):
     assert all(a.core.nodes_digest() == want for a in world.agents.values())
 
 
+def _service_entries(world) -> set:
+    """Every agent's Service table, as (address, port, protocol, backends)."""
+    return {frozenset((e.address, e.port, e.protocol, e.backends) for e in a.core.backend.services.entries())
+            if a.core.backend.services is not None else None for a in world.agents.values()}
+
+
+def test_every_agent_holds_the_service_table_and_follows_service_and_pod_changes(world):
+    from tailor.datapath import services as node_services
+
+    world.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "x"},
+                  "spec": {"selector": {"pod": "a"}, "clusterIP": "10.96.0.10",
+                           "ports": [{"port": 80, "targetPort": 80}, {"port": 53, "protocol": "UDP"}]}})
+    x_a = world.kube.get("Pod", "x", "a")["status"]["podIPs"][0]["ip"]
+    want = frozenset({("10.96.0.10", 80, 6, ((x_a, 80),)), ("10.96.0.10", 53, 17, ((x_a, 53),))})
+    eventually(lambda: _service_entries(world) == {want}, what="every agent holds the Service table")
+    # The digest the List reports is what the operator compares.
+    engine = world.operator.engine
+    assert {a.core.services_digest() for a in world.agents.values()} == \
+        {node_services.digest(engine.cluster_services()[0])}
+    # Another backend: x/b joins by its label; the table follows, no program changes.
+    world.patch("Pod", "x", "b", {"metadata": {"labels": {"pod": "a"}}})
+    x_b = world.kube.get("Pod", "x", "b")["status"]["podIPs"][0]["ip"]
+    both = tuple(sorted([(x_a, 80), (x_b, 80)]))
+    eventually(lambda: all(any(e[3] == both for e in t) for t in _service_entries(world)),
+               what="the new backend in every agent's table")
+    # Deleted: the entries go.
+    world.delete("Service", "x", "web")
+    eventually(lambda: _service_entries(world) == {frozenset()}, what="the Service gone from every agent")
+
+
 def test_watch_dropped_and_restored_converges(world):
     world.kube.drop_watches()
     # Changes the operator cannot see while its watches are down, a deleted

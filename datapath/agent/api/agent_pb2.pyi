@@ -266,6 +266,44 @@ class SetNodesResponse(_message.Message):
     digest: str
     def __init__(self, routes: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
+class ServiceBackend(_message.Message):
+    __slots__ = ("address", "port")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class ServiceEntry(_message.Message):
+    __slots__ = ("address", "port", "protocol", "backends", "affinity_seconds", "service")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    protocol: int
+    backends: _containers.RepeatedCompositeFieldContainer[ServiceBackend]
+    affinity_seconds: int
+    service: str
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[ServiceBackend, _Mapping]]] = ..., affinity_seconds: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
+
+class SetServicesRequest(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceEntry]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceEntry, _Mapping]]] = ...) -> None: ...
+
+class SetServicesResponse(_message.Message):
+    __slots__ = ("services", "digest")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    services: int
+    digest: str
+    def __init__(self, services: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
 class RemoveRequest(_message.Message):
     __slots__ = ("pod",)
     POD_FIELD_NUMBER: _ClassVar[int]
@@ -283,14 +321,16 @@ class ListRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("pods", "groups_digest", "nodes_digest")
+    __slots__ = ("pods", "groups_digest", "nodes_digest", "services_digest")
     PODS_FIELD_NUMBER: _ClassVar[int]
     GROUPS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     NODES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     pods: _containers.RepeatedCompositeFieldContainer[PodStatus]
     groups_digest: str
     nodes_digest: str
-    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., groups_digest: _Optional[str] = ..., nodes_digest: _Optional[str] = ...) -> None: ...
+    services_digest: str
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., groups_digest: _Optional[str] = ..., nodes_digest: _Optional[str] = ..., services_digest: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("pod",)
@@ -351,12 +391,16 @@ class TraceStep(_message.Message):
     def __init__(self, pod: _Optional[str] = ..., direction: _Optional[str] = ..., retval: _Optional[int] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class TraceResponse(_message.Message):
-    __slots__ = ("allowed", "steps")
+    __slots__ = ("allowed", "steps", "translated_dst", "translated_port")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRANSLATED_DST_FIELD_NUMBER: _ClassVar[int]
+    TRANSLATED_PORT_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     steps: _containers.RepeatedCompositeFieldContainer[TraceStep]
-    def __init__(self, allowed: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ...) -> None: ...
+    translated_dst: str
+    translated_port: int
+    def __init__(self, allowed: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ..., translated_dst: _Optional[str] = ..., translated_port: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -59,6 +59,11 @@ class AgentStub:
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesRequest.SerializeToString,
                 response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesResponse.FromString,
                 _registered_method=True)
+        self.SetServices = channel.unary_unary(
+                '/tailor.agent.v1.Agent/SetServices',
+                request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetServicesRequest.SerializeToString,
+                response_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetServicesResponse.FromString,
+                _registered_method=True)
         self.Remove = channel.unary_unary(
                 '/tailor.agent.v1.Agent/Remove',
                 request_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.RemoveRequest.SerializeToString,
@@ -123,6 +128,13 @@ class AgentServicer:
 
     def SetNodes(self, request, context):
         """The cluster's nodes: routes to their pods, what is not masqueraded; idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetServices(self, request, context):
+        """The cluster's Services, translated in pods' programs; idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +205,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.SetNodes,
                     request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesRequest.FromString,
                     response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesResponse.SerializeToString,
+            ),
+            'SetServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServices,
+                    request_deserializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetServicesRequest.FromString,
+                    response_serializer=tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetServicesResponse.SerializeToString,
             ),
             'Remove': grpc.unary_unary_rpc_method_handler(
                     servicer.Remove,
@@ -360,6 +377,33 @@ class Agent:
             '/tailor.agent.v1.Agent/SetNodes',
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesRequest.SerializeToString,
             tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailor.agent.v1.Agent/SetServices',
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetServicesRequest.SerializeToString,
+            tailor_dot_datapath_dot_agent_dot_api_dot_agent__pb2.SetServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 from tailor.datapath import groups as G
+from tailor.datapath import services as S
 from tailor.datapath import packets as pk
 from tailor.datapath import trace
 from tailor.datapath.ebpf.errors import KernelError
@@ -29,6 +30,10 @@ from tailor.datapath import layout
 
 # Scratch connection tracking for traces: a trace makes at most a few entries.
 SCRATCH_CT_ENTRIES = 64
+# What a trace starts empty (it is a new connection): connection tracking,
+# Service translations, ClientIP affinity.
+FRESH_MAPS = {m.name for m in (*layout.CT_MAPS.values(), *layout.NAT_MAPS.values(),
+                               *layout.AFFINITY_MAPS.values())}
 
 
 class BackendError(Exception):
@@ -159,6 +164,7 @@ class TraceStep:
 class TraceResult:
     allowed: bool
     steps: tuple[TraceStep, ...]
+    translated: tuple[str, int] | None = None    # (address, port) a Service was translated to
 
 
 class Backend(abc.ABC):
@@ -174,6 +180,9 @@ class Backend(abc.ABC):
         self._lock = threading.RLock()
         # The node's peer groups: numbering, members, and who tests them.
         self.groups = G.NodeGroups()
+        # The cluster's Services as this node translates them; None until
+        # the first SetServices since this process started.
+        self.services: S.ServiceTable | None = None
 
     @abc.abstractmethod
     def start(self) -> list[Adopted]:
@@ -234,6 +243,39 @@ class Backend(abc.ABC):
         with self._lock:
             return self.groups.digest()
 
+    def set_services(self, entries) -> int:
+        """Hold exactly this Service table (datapath.services.ServiceEntry)
+        in the node's svc and backends maps. The first table since this
+        process started also clears what an earlier process left there
+        that the table does not name (the maps outlive it when pinned).
+        Returns how many entries are in force. Raises BackendError."""
+        with self._lock:
+            first = self.services is None
+            table = S.ServiceTable() if first else self.services
+            try:
+                writes = table.set(entries)
+            except ValueError as e:
+                raise BackendError(f"Services: {e}") from None
+            maps = self._node_maps()
+            kept: dict[str, set[bytes]] = {name: set() for name in S.MAPS}
+            for name, key, value in writes:
+                if value is None:
+                    maps[name].delete(key)
+                else:
+                    maps[name].update(key, value)
+                    kept[name].add(key)
+            if first:
+                for name in S.MAPS:
+                    for key in list(maps[name].keys()):
+                        if key not in kept[name]:
+                            maps[name].delete(key)
+            self.services = table
+            return len(table.entries())
+
+    def services_digest(self) -> str:
+        with self._lock:
+            return "" if self.services is None else self.services.digest()
+
     def _resolved(self, received) -> tuple[dict[str, list], frozenset[str]]:
         """received's programs with their group tests resolved to this
         node's bits (and the groups they test). Raises AttachFailed."""
@@ -268,8 +310,27 @@ class Backend(abc.ABC):
             endpoints = self._endpoints()
             s, d = resolve_end(src, endpoints), resolve_end(dst, endpoints)
             flow = pick_flow(s, d, protocol, src_port, dst_port)
+            if s.key is not None and d.key is None:
+                # An address elsewhere, or a Service: whoever the packet leaves for.
+                return self._follow(s, flow, endpoints)
             with self._scratch({e.key for e in (s, d) if e.key}) as run:
                 return walk(run, s, d, flow)
+
+    def _follow(self, src: TraceEnd, flow: pk.Flow, endpoints: dict[str, Endpoint]) -> TraceResult:
+        def locate(address: str):
+            end = resolve_end(address, endpoints)
+            return end.key, end.mac
+
+        # The backend a Service picks is not known before the source's
+        # program runs: each of its backends on this node gets a scratch copy.
+        entry = next((e for e in (self.services.entries() if self.services else ())
+                      if e.key == (flow.dst, flow.dport, pk.IPPROTO.get(flow.protocol))), None)
+        backends = {a for a, _ in entry.backends} if entry else set()
+        keys = {src.key} | {k for k, ep in endpoints.items() if backends & set(ep.addresses)}
+        with self._scratch(keys) as run:
+            walked = trace.follow(run, (src.key, src.mac), flow, locate)
+        return TraceResult(walked.allowed, tuple(TraceStep(s.pod, s.direction, s.retval) for s in walked.steps),
+                           (walked.sent.dst, walked.sent.dport) if walked.translated else None)
 
     def state(self, key: str) -> PodState | None:
         """One attached pod's state, None when it is not attached."""
@@ -341,7 +402,7 @@ def scratch_node_maps(live: dict, create: Callable) -> dict:
     redirected and peers are known as they would be."""
     out = {}
     for name, spec in layout.NODE_MAPS.items():
-        if name in (layout.CT4.name, layout.CT6.name):
+        if name in FRESH_MAPS:
             out[name] = create(dataclasses.replace(spec, max_entries=SCRATCH_CT_ENTRIES))
             continue
         out[name] = create(spec)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
 
 from tailor.datapath import groups
 from tailor.datapath.agent.backends import base
@@ -150,7 +151,8 @@ class EmulatedBackend(base.Backend):
         """One packet through a pod's live VM program (it counts and may
         record connections, as a packet on the wire would)."""
         with self._lock:
-            result = self._pod(key).programs[direction].run(frame, ktime_ns=1)
+            result = self._pod(key).programs[direction].run(frame, ktime_ns=1,
+                                                           prandom_seed=random.getrandbits(32))
             return result.retval, result.packet
 
     # -- base.Backend's hooks for counters() and trace() -------------------------------
@@ -176,7 +178,8 @@ class EmulatedBackend(base.Backend):
 
         def run(key: str, direction: str, frame: bytes, mark: int) -> tuple[int, bytes, int]:
             ctx = vm.SkbContext.from_packet(frame, mark=mark) if mark else None
-            result = programs[key][direction].run(frame, ctx=ctx, ktime_ns=1)
+            result = programs[key][direction].run(frame, ctx=ctx, ktime_ns=1,
+                                                  prandom_seed=random.getrandbits(32))
             return result.retval, result.packet, result.ctx.mark
 
         yield run

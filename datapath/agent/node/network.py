@@ -12,7 +12,12 @@ What it owns, and nothing else:
   - the device `tailor.vxlan`, with its FDB and neighbour entries;
   - the nftables tables `ip tailor-nat` and `ip6 tailor-nat`, replaced whole in
     one transaction: postrouting masquerades what this node's pods send to
-    anything outside the cluster's pod CIDRs and the exempt CIDRs.
+    anything outside the cluster's pod CIDRs and the exempt CIDRs;
+  - the nftables table `inet tailor-svc` (SetServices, `unserved`): a
+    Service address and port without a ready backend is rejected at once
+    (TCP reset, ICMP port unreachable) when it reaches the node — the pods'
+    programs leave it untranslated, and without kube-proxy nothing else
+    would answer it.
 Masquerading happens after the pod's egress program: ipBlocks are judged on
 the pod's own address, and replies, un-NATed by the kernel's conntrack,
 meet the pod's ingress program with the pod's address as destination.
@@ -35,6 +40,7 @@ RT_TABLE_MAIN = 254
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
 NAT_TABLE = "tailor-nat"
+SVC_TABLE = "tailor-svc"
 STATE_FILE = "nodes.json"
 
 
@@ -194,6 +200,46 @@ class NodeNetwork:
             script += body
         run_nft("\n".join(script) + "\n")
 
+    def pod_mtu(self, addresses) -> int | None:
+        """The MTU pods' interfaces need: when traffic to other nodes may be
+        encapsulated (vxlan, auto), the underlay's (the interface holding
+        the first of `addresses`, this node's) less VXLAN's overhead, so a
+        full-sized pod packet still fits once wrapped; else None (the
+        kernel's default)."""
+        if self.mode not in ("vxlan", "auto") or not addresses:
+            return None
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                return _mtu_towards(ipr, addresses[0]) - routes_.VXLAN_OVERHEAD
+        except Exception as e:   # noqa: BLE001 - pyroute2 raises NetlinkError and OSError
+            log.error("node %s: the underlay's MTU is unknown (%s): pods keep the default MTU, "
+                      "and full-sized packets to other nodes will not fit VXLAN", self.node, e)
+            return None
+
+    def unserved(self, entries) -> None:
+        """Reject at once, in the node's forward and output paths, these
+        (address, protocol name, port) Service ports that have no backend."""
+        sets = {4: [], 6: []}
+        for address, protocol, port in sorted(entries):
+            sets[ipaddress.ip_address(address).version].append(f"{address} . {protocol.lower()} . {port}")
+        body = [f"add table inet {SVC_TABLE}", f"delete table inet {SVC_TABLE}", f"table inet {SVC_TABLE} {{"]
+        for family, word, addr in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
+            body.append(f"  set unserved{family} {{ type {addr} . inet_proto . inet_service;"
+                        + (f" elements = {{ {', '.join(sets[family])} }};" if sets[family] else "") + " }")
+        for chain, hook in (("forward", "forward"), ("output", "output")):
+            body.append(f"  chain {chain} {{")
+            body.append(f"    type filter hook {hook} priority -10; policy accept;")
+            for family, word in ((4, "ip"), (6, "ip6")):
+                match = f"{word} daddr . meta l4proto . th dport @unserved{family}"
+                body.append(f"    {match} meta l4proto tcp reject with tcp reset")
+                body.append(f"    {match} reject")
+            body.append("  }")
+        body.append("}")
+        with self._lock:
+            run_nft("\n".join(body) + "\n")
+
     def remove(self) -> None:
         """Undo everything this owns (for tests and a node leaving tailor)."""
         with self._lock:
@@ -207,6 +253,10 @@ class NodeNetwork:
             if self.masquerade:
                 run_nft("".join(f"add table {w} {NAT_TABLE}\ndelete table {w} {NAT_TABLE}\n"
                                 for w in ("ip", "ip6")))
+            try:
+                run_nft(f"add table inet {SVC_TABLE}\ndelete table inet {SVC_TABLE}\n")
+            except NetworkError:
+                pass                        # no nft: no table of ours either
 
     # -- state -------------------------------------------------------------------------
 
@@ -230,10 +280,10 @@ def run_nft(script: str) -> None:
     try:
         proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
     except FileNotFoundError:
-        raise NetworkError("masquerading needs the nft command (Debian package nftables); "
-                           "install it or run the agent with --no-masquerade") from None
+        raise NetworkError("the masquerade and the rejection of Services without backends need the "
+                           "nft command (Debian package nftables); install it") from None
     if proc.returncode != 0:
-        raise NetworkError(f"nft refused the masquerade rules: {proc.stderr.strip()}")
+        raise NetworkError(f"nft refused tailor's rules: {proc.stderr.strip()}")
 
 
 def _subnets(ipr) -> list:
