@@ -120,17 +120,32 @@ def test_every_node_reaches_its_own_pods_and_pods_reach_the_outside_as_their_nod
                                            if line.startswith("10.244.") and "/24" in line)
 
 
+E2E_SERVICES = os.path.join(HERE, "..", "policy", "cases", "services.yaml")
+
+
+def _backend_of(service_ref: str) -> str:
+    """x/s-x-a[Service] -> x/a[Pod]: the e2e model's per-pod Service's pod."""
+    namespace, name = service_ref.removesuffix("[Service]").split("/")
+    return f"{namespace}/{name.removeprefix(f's-{namespace}-')}[Pod]"
+
+
 @pytest.mark.parametrize("nodes,underlay", [(1, "switched"), (2, "routed")])
 def test_other_layouts_probe_as_the_model(nodes, underlay):
+    """With the e2e model's per-pod Services: every pod to every other pod
+    directly and through its Service, as the upstream suite probes."""
     name = f"tk{nodes}{underlay[0]}"
     if state_.exists(name):
         lab.down(name, echo=lambda _: None)
-    data = lab.up([TOPOLOGY, POLICIES], nodes=nodes, backend="kernel", name=name, underlay=underlay,
-                  echo=lambda _: None)
+    data = lab.up([TOPOLOGY, POLICIES, E2E_SERVICES], nodes=nodes, backend="kernel", name=name,
+                  underlay=underlay, echo=lambda _: None)
     try:
         got = lab.probe(name)
         assert probe.check(data, got) == []
         assert got["connections"] and got["nodes"] and got["outside"]
+        # Through the Services, the same pairs as directly (one backend each).
+        direct = {(c["src"], c["dst"], c["protocol"], c["ports"]) for c in got["connections"]}
+        via = {(c["src"], _backend_of(c["dst"]), c["protocol"], c["ports"]) for c in got["services"]}
+        assert via == direct
         if underlay == "routed":
             assert data["routing"] == "vxlan"
             routes = netns.ip("route", netns=data["nodes"][0]["netns"])

@@ -3,7 +3,12 @@ programs are compiled, loaded into an engine (the VM, or the kernel with
 BPF_PROG_TEST_RUN), and each probe cell becomes a traced connection — first
 packet through the source's egress and the destination's ingress program,
 the reply back through the other two. No model is consulted. Both the
-specialised programs and the generic baseline (everything in maps) run."""
+specialised programs and the generic baseline (everything in maps) run.
+
+And as the upstream suite probes: through each pod's Service
+(cases/services.yaml, s-<namespace>-<pod>), the source's program
+translating the ClusterIP to the pod before its egress policy judges it,
+the destination's reply given the Service's address back."""
 from __future__ import annotations
 
 import pathlib
@@ -81,3 +86,54 @@ def test_case(case: pathlib.Path, mode: tuple[str, bool]):
         finally:
             node.close()
     assert not wrong, f"{doc.get('name', case.name)}\n" + "\n".join(wrong[:20])
+
+
+SERVICES = CASES_DIR / "services.yaml"
+SERVICE_ENGINES = [pytest.param("emulated", id="emulated"),
+                   pytest.param("kernel", id="kernel", marks=pytest.mark.kernel)]
+
+
+def probe_services(state: ClusterState, node: tracing.Node, spec: dict, checked: list) -> list[str]:
+    from tailor.datapath import packets as pk
+
+    wrong = []
+    port, protocol = int(spec["port"]), spec["protocol"]
+    for (src, dst), want in parse_table(spec["expect"]).items():
+        s, d = state.find_pod(src), state.find_pod(dst)
+        svc = state.services.get((d.namespace, f"s-{d.namespace}-{d.name}"))
+        if src == dst or svc is None or not any(p.port == port and p.protocol == protocol for p in svc.ports):
+            continue                     # a pod the case made, or a port the Service lacks
+        node.reset_conntrack()
+        checked.append((src, dst))
+        got = node.trace_service(s.ref, pk.Flow(s.ip(4), svc.cluster_ip(4), protocol, tracing.CLIENT_PORT, port))
+        if got.allowed != want or not got.checksums:
+            steps = ", ".join(f"{st.pod} {st.direction}={st.retval}" for st in got.steps)
+            wrong.append(f"{src} -> {svc.name} ({dst}) {protocol}/{port}: expected "
+                         f"{'allowed' if want else 'denied'}, programs say {steps}"
+                         + ("" if got.checksums else " (bad checksums)"))
+    return wrong
+
+
+@pytest.mark.skipif(not CASE_FILES, reason=f"no policy case files under {CASES_DIR}")
+@pytest.mark.parametrize("engine", SERVICE_ENGINES)
+@pytest.mark.parametrize("case", CASE_FILES, ids=[str(c.relative_to(CASES_DIR)) for c in CASE_FILES])
+def test_case_through_services(case: pathlib.Path, engine: str):
+    from tailor.operator.cluster import manifests
+    from tailor.operator.compiler import servicemaps
+
+    doc = yaml.safe_load(case.read_text())
+    state = load_topology(case, doc)
+    manifests.apply(state, [(str(SERVICES), o) for o in yaml.safe_load(SERVICES.read_text())["items"]])
+    wrong, checked = [], []
+    for i, step in enumerate(doc["steps"]):
+        run_step(state, case, step)
+        node, _ = load(state, engine, False)
+        try:
+            node.set_services(servicemaps.entries(state)[0])
+            for spec in step.get("probes") or []:
+                wrong += [f"step {i}: {w}" for w in probe_services(state, node, spec, checked)]
+        finally:
+            node.close()
+    ports = {int(p["port"]) for st in doc["steps"] for p in st.get("probes") or []}
+    assert checked or not ports & {80, 81}, "no probe cell went through a Service"
+    assert not wrong, f"{doc.get('name', case.name)} through Services\n" + "\n".join(wrong[:20])
