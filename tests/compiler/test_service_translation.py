@@ -137,3 +137,108 @@ def test_service_code_only_where_the_services_need_it():
     deny = netpol("deny", {"podSelector": {}, "policyTypes": ["Egress"]})
     denied = _programs(plain, deny, service("s", {"x": "y"}, ("10.96.0.1",), [{"port": 80}]))["app/p[Pod]"]
     assert "services" not in denied.features
+
+
+# --- properties over random clusters (hypothesis) ----------------------------------------
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import cluster_strategies as cs  # noqa: E402
+from tailor.operator.errors import ManifestError  # noqa: E402
+
+CI = os.environ.get("CI") == "true"
+
+
+@st.composite
+def services_for(draw, cluster: cs.Cluster):
+    """One to three Services over the cluster's pods: a selector from the
+    pods' label vocabulary in one of their namespaces, one or two ports of
+    any protocol (targetPort a number or a container port's name), one or
+    two ClusterIPs, affinity or not."""
+    namespaces = sorted({p["metadata"]["namespace"] for p in cluster.pods})
+    names = [n for p in cluster.pods for c in p["spec"]["containers"] for n in
+             (cp.get("name") for cp in c.get("ports", [])) if n]
+    out = []
+    for i in range(draw(st.integers(1, 3))):
+        ports = []
+        for j, protocol in enumerate(draw(st.lists(st.sampled_from(("TCP", "UDP", "SCTP")), min_size=1,
+                                                   max_size=2))):
+            port = draw(st.sampled_from(cs.PORTS))
+            target = draw(st.sampled_from(names)) if names and draw(st.booleans()) else \
+                port if protocol == "SCTP" else draw(st.sampled_from(cs.PORTS))
+            ports.append({"name": f"p{j}", "port": port + j * 1000, "targetPort": target, "protocol": protocol})
+        ips = [f"10.96.{i}.1"] + ([f"fd00:96::{i + 1}"] if draw(st.booleans()) else [])
+        out.append(service(f"svc{i}", draw(cs.labels(cs.POD_LABELS)), ips, ports,
+                           draw(st.sampled_from(("None", "ClientIP")))))
+        out[-1]["metadata"]["namespace"] = draw(st.sampled_from(namespaces))
+    return out
+
+
+@st.composite
+def cluster_with_services(draw):
+    cluster = draw(cs.cluster(max_pods=5, max_policies=3))
+    return cluster, draw(services_for(cluster))
+
+
+def service_mismatches(cluster, extra, engine: str) -> tuple[list[str], int]:
+    try:
+        state = cluster.state(extra)
+    except ManifestError as exc:
+        event(f"rejected by the loader: {exc}")
+        assume(False)
+        raise
+    table, _ = servicemaps.entries(state)
+    wrong, count = [], 0
+    n = tracing.Node(trace.engine(engine), state)
+    try:
+        for b in build.build(state).values():
+            n.add(b.spec, b.programs)
+        n.set_services(table)
+        pods = {p.ref: p for p in state.sorted_pods()}
+        for svc in state.sorted_services():
+            for address in svc.cluster_ips:
+                family = 6 if ":" in address else 4
+                for port in svc.ports:
+                    ends = {b.ip(family): (b, t) for b, t in endpoints(svc, port, state.pods.values())
+                            if b.ip(family) and (port.protocol != "SCTP" or t == port.port)}
+                    for src in pods.values():
+                        if src.ip(family) is None or any(b is src for b, _ in ends.values()):
+                            continue
+                        for i in range(3):
+                            n.reset_conntrack()
+                            t = n.trace_service(src.ref, pk.Flow(src.ip(family), address, port.protocol,
+                                                                 50000 + i, port.port))
+                            count += 1
+                            if not ends:
+                                if t.backend is not None:
+                                    wrong.append(f"{src.ref} -> {svc.ref} {port}: translated without backends")
+                                continue
+                            if t.backend is None or t.backend.dst not in ends or not t.checksums:
+                                wrong.append(f"{src.ref} -> {svc.ref} {port}: {t}")
+                                continue
+                            backend, target = ends[t.backend.dst]
+                            want = evaluate.connection_allowed(state, src, backend, port.protocol, target, family)
+                            if t.backend.dport != target or t.allowed != want:
+                                wrong.append(f"{src.ref} -> {svc.ref} {port} via {backend.ref}:{target}: "
+                                             f"model {want}, programs {t}")
+    finally:
+        n.close()
+    event(f"service probes > 0: {count > 0}")
+    return wrong, count
+
+
+@settings(max_examples=60, deadline=None, derandomize=CI, suppress_health_check=[HealthCheck.too_slow])
+@given(cluster_with_services())
+def test_vm_service_connections_equal_the_model_on_their_backends(drawn):
+    wrong, count = service_mismatches(*drawn, "emulated")
+    assert not wrong, f"{len(wrong)} of {count} differ:\n" + "\n".join(wrong[:10])
+
+
+@pytest.mark.kernel
+@settings(max_examples=12, deadline=None, derandomize=CI, suppress_health_check=[HealthCheck.too_slow])
+@given(cluster_with_services())
+def test_kernel_service_connections_equal_the_model_on_their_backends(drawn):
+    wrong, count = service_mismatches(*drawn, "kernel")
+    assert not wrong, f"{len(wrong)} of {count} differ:\n" + "\n".join(wrong[:10])
