@@ -25,6 +25,7 @@ import ipaddress
 import re
 import uuid
 
+from tailor.operator.cluster import services as services_
 from tailor.operator.cluster.state import ClusterState
 
 UNDERLAY_V4 = ipaddress.ip_network("192.168.77.0/24")
@@ -171,15 +172,21 @@ def _node(lab: str, index: int, name: str, ipv6: bool, underlay: str = "switched
 
 def services(state: ClusterState) -> list[dict]:
     """The manifests' Services with their ClusterIPs: as written, else
-    allocated in order (IPv4, as a single-stack cluster's primary family)."""
+    allocated in order (IPv4, as a single-stack cluster's primary family);
+    and, for NodePort and LoadBalancer Services, each port's node port
+    (as written, else allocated from 30000 up; None for a ClusterIP one)."""
     taken = {a for svc in state.services.values() for a in svc.cluster_ips}
     free = (str(SERVICE_V4.network_address + i) for i in range(FIRST_SERVICE_HOST, SERVICE_V4.num_addresses))
+    used = {p.node_port for svc in state.services.values() for p in svc.ports if p.node_port}
+    node_ports = (n for n in services_.NODE_PORTS if n not in used)
     out = []
     for svc in state.sorted_services():
         ips = list(svc.cluster_ips)
         if not ips:
             ips = [next(a for a in free if a not in taken)]
-        out.append({"namespace": svc.namespace, "name": svc.name, "ref": svc.ref, "cluster_ips": ips})
+        out.append({"namespace": svc.namespace, "name": svc.name, "ref": svc.ref, "cluster_ips": ips,
+                    "node_ports": [(p.node_port or next(node_ports)) if svc.node_ports else None
+                                   for p in svc.ports]})
     return out
 
 

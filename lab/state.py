@@ -13,7 +13,8 @@ TAILOR_LAB_ROOT overrides it. Layout:
      "switch": {"netns": "lab.switch", "bridge": "br0"} | null,      # switched
      "router": {"netns": "lab.router"} | null,                       # routed
      "outside": {"netns": "lab.outside", "addresses": [...], "gateways": [...]} | null,
-     "services": [{"namespace", "name", "ref", "cluster_ips": [...]}], "kube_proxy": bool,
+     "services": [{"namespace", "name", "ref", "cluster_ips": [...], "node_ports": [port or
+                   null, one per Service port]}], "kube_proxy": bool,
      "bpffs_root": "/sys/fs/bpf/tailor-lab-lab" | null,
      "nodes": [{"name", "index", "netns", "switch_port", "underlay": [...], "gateways": [...],
                 "pod_cidrs": [...], "agent_socket", "cni_socket" (emulated: the

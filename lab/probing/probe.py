@@ -93,21 +93,26 @@ def run(lab: dict, timeout: float = TIMEOUT) -> dict:
     order = sorted(pods, key=lambda p: (p["namespace"], p["name"], p["kind"]))
     sources = [node_ref(n["name"]) for n in lab["nodes"]] + [p["ref"] for p in order]
     destinations = [p["ref"] for p in order] + [outside_ref(a) for a in outside_addresses(lab)] \
-        + sorted({t["ref"] for t in service_targets(lab)})
+        + sorted({t["ref"] for t in service_targets(lab)}) + sorted({t["ref"] for t in node_port_targets(lab)})
+    sources += [outside_ref(a) for a in outside_addresses(lab)]
     found: dict[tuple[str, str, str], list[int]] = {}
     for s_, d, proto, port in opened:
         found.setdefault((s_, d, proto), []).append(port)
-    groups = {"connections": [], "nodes": [], "outside": [], "services": []}
+    groups = {"connections": [], "nodes": [], "outside": [], "services": [], "node_ports": []}
     for src in sources:
         for dst in destinations:
             for protocol in PROBED:
                 got = found.get((src, dst, protocol))
                 if src == dst or not got:
                     continue
-                kind = "nodes" if src.endswith("[Node]") else "outside" if dst.endswith("[Outside]") \
+                kind = "nodes" if src.endswith("[Node]") else "node_ports" if src.endswith("[Outside]") \
+                    else "outside" if dst.endswith("[Outside]") \
                     else "services" if dst.endswith("[Service]") else "connections"
                 groups[kind].append({"src": src, "dst": dst, "protocol": protocol,
                                      "ports": reachability.format_ranges(_ranges(got))})
+    if not lab.get("kube_proxy") and any(s.get("node_ports") and any(s["node_ports"]) for s in lab.get("services", [])):
+        notes.append("node ports not probed: kube-proxy serves NodePort and LoadBalancer traffic, tailor "
+                     "translates only what pods send (`tailor lab up --kube-proxy` gives the nodes its rules)")
     all_ports = sorted({pp for v in ports.values() for pp in v}, key=lambda pp: (PROTOCOLS.index(pp[0]), pp[1]))
     probed = [f"{proto} {reachability.format_ranges(_ranges([p for q, p in all_ports if q == proto]))}"
               for proto in PROBED if any(q == proto for q, _ in all_ports)]
@@ -143,6 +148,42 @@ def service_targets(lab: dict) -> list[dict]:
                     out.append({"ref": svc.ref, "service": svc, "port": port, "address": address,
                                 "family": family, "backends": {p.ref for p, _ in ends}})
                     break
+    return out
+
+
+def node_port_targets(lab: dict) -> list[dict]:
+    """Each node port the probe tries from the outside host (kernel lab with
+    --kube-proxy: kube-proxy serves node ports, tailor does not): {"ref"
+    ("<Service ref>@<node>"), "service", "port", "node", "address" (the
+    node's), "family", "backends": [(pod, target port)] a connection may
+    reach, "source": the address those backends see it from}."""
+    if lab.get("backend") != "kernel" or not lab.get("kube_proxy") or not outside_addresses(lab):
+        return []
+    from tailor.operator.cluster import services as services_
+
+    state = model(lab)
+    ports = targets(lab)[0]
+    outside = outside_addresses(lab)
+    out = []
+    for svc in state.sorted_services():
+        if not svc.node_ports:
+            continue
+        for port in svc.ports:
+            ends = services_.endpoints(svc, port, state.pods.values())
+            if port.protocol not in PROBED or any((port.protocol, t) not in ports.get(p.ref, []) for p, t in ends):
+                continue
+            for node in lab["nodes"]:
+                pair = _family_pick(outside, node_addresses(node))
+                if pair is None or svc.cluster_ip(ipaddress.ip_address(pair[1]).version) is None:
+                    continue
+                family = ipaddress.ip_address(pair[1]).version
+                local = svc.external_traffic_policy == "Local"
+                # Cluster: masqueraded to the node the connection arrived at; Local: as sent.
+                out.append({"ref": f"{svc.ref}@{node['name']}", "service": svc, "port": port,
+                            "node": node["name"], "address": pair[1], "family": family,
+                            "backends": [(p, t) for p, t in ends if p.ip(family)
+                                         and (not local or p.node == node["name"])],
+                            "source": pair[0] if local else pair[1], "client": pair[0]})
     return out
 
 
@@ -253,6 +294,25 @@ def expected_services(lab: dict) -> tuple[list[dict], set[tuple[str, str, str]]]
     return _merge(out), mixed
 
 
+def expected_node_ports(lab: dict) -> tuple[list[dict], set[tuple[str, str, str]]]:
+    """(what the model says of the outside host to every probed node port,
+    the ones whose backends disagree). A backend judges the connection from
+    the address kube-proxy leaves it: its own node's (always let in), another
+    node's (judged like any address), or, with externalTrafficPolicy Local,
+    the client's."""
+    state = model(lab)
+    out, mixed = [], set()
+    for t in node_port_targets(lab):
+        verdicts = {evaluate.connection_allowed(state, t["source"], pod, t["port"].protocol, target, t["family"])
+                    for pod, target in t["backends"]}
+        key = (outside_ref(t["client"]), t["ref"], t["port"].protocol)
+        if verdicts == {True}:
+            out.append({"src": key[0], "dst": key[1], "protocol": key[2], "ports": str(t["port"].node_port)})
+        elif len(verdicts) > 1:
+            mixed.add(key)
+    return _merge(out), mixed
+
+
 def _merge(entries: list[dict]) -> list[dict]:
     """One entry per (src, dst, protocol), its ports merged, as the probe reports them."""
     by: dict[tuple, list[int]] = {}
@@ -268,6 +328,9 @@ def check(lab: dict, result: dict) -> list[str]:
     out = differences(result["connections"], expected(lab))
     want, mixed = expected_services(lab)
     got = [c for c in result.get("services", []) if (c["src"], c["dst"], c["protocol"]) not in mixed]
+    out += differences(got, want)
+    want, mixed = expected_node_ports(lab)
+    got = [c for c in result.get("node_ports", []) if (c["src"], c["dst"], c["protocol"]) not in mixed]
     out += differences(got, want)
     out += differences(result.get("nodes", []), expected_nodes(lab))
     out += differences(result.get("outside", []), expected_outside(lab))
@@ -318,9 +381,13 @@ def model(lab: dict):
     for pod in declared.sorted_pods():
         if pod.ref in at:
             cluster.add_pod(dataclasses.replace(pod, ips=at[pod.ref][0], node=at[pod.ref][1]))
-    ips = {s["ref"]: tuple(s["cluster_ips"]) for s in lab.get("services", [])}
+    given = {s["ref"]: s for s in lab.get("services", [])}
     for svc in declared.sorted_services():
-        cluster.add_service(dataclasses.replace(svc, cluster_ips=ips.get(svc.ref, svc.cluster_ips)))
+        entry = given.get(svc.ref, {})
+        ports = tuple(dataclasses.replace(p, node_port=n) if n else p
+                      for p, n in zip(svc.ports, entry.get("node_ports") or [None] * len(svc.ports)))
+        cluster.add_service(dataclasses.replace(svc, cluster_ips=tuple(entry.get("cluster_ips", svc.cluster_ips)),
+                                                ports=ports))
     return cluster
 
 
@@ -356,6 +423,11 @@ def _kernel(lab: dict, pods: list[dict], ports: dict, timeout: float):
         services = service_targets(lab)
         jobs = [(p["netns"], p["ref"], _pod_targets(p, pods, ports, lab, services)) for p in pods]
         jobs += [(n["netns"], node_ref(n["name"]), _node_targets(n, pods, ports)) for n in lab["nodes"]]
+        by_client: dict[str, list[tuple]] = {}
+        for t in node_port_targets(lab):
+            by_client.setdefault(t["client"], []).append((t["ref"], t["address"], t["port"].protocol,
+                                                          t["port"].node_port))
+        jobs += [(outside["netns"], outside_ref(client), found) for client, found in by_client.items()]
         with futures.ThreadPoolExecutor(max_workers=min(32, len(jobs) or 1)) as pool:
             results = list(pool.map(lambda job: _dial(job[0], job[1], job[2], timeout), jobs))
         opened = set().union(*results) if results else set()

@@ -25,6 +25,9 @@ from tailor.operator.errors import InvalidSpec
 
 API_VERSION = "v1"
 AFFINITIES = ("None", "ClientIP")
+TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+NODE_PORTS = range(30000, 32768)             # the API server's default --service-node-port-range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ServicePort:
     port: int
     target: int | str                 # a number, or a containerPort's name
     name: str = ""
+    node_port: int | None = None      # NodePort and LoadBalancer: the port on every node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,12 @@ class Service:
     ports: tuple[ServicePort, ...]
     cluster_ips: tuple[str, ...] = ()        # none yet: the lab allocates
     session_affinity: str = "None"
+    type: str = "ClusterIP"
+    external_traffic_policy: str = "Cluster"   # NodePort: Local keeps the client's address
+
+    @property
+    def node_ports(self) -> bool:
+        return self.type in ("NodePort", "LoadBalancer")
 
     @property
     def ref(self) -> str:
@@ -88,7 +98,12 @@ def parse(obj: Mapping, namespace: str, name: str) -> Service:
         if isinstance(target, bool) or not (isinstance(target, str) and target
                                             or isinstance(target, int) and 1 <= target <= 65535):
             raise InvalidSpec(f"{where}.targetPort", f"{target!r} is neither a port number nor a name")
-        ports.append(ServicePort(protocol, port, target, str(p.get("name") or "")))
+        node_port = p.get("nodePort")
+        if node_port is not None and (not isinstance(node_port, int) or isinstance(node_port, bool)
+                                      or node_port not in NODE_PORTS):
+            raise InvalidSpec(f"{where}.nodePort", f"{node_port!r} is outside {NODE_PORTS.start}-"
+                              f"{NODE_PORTS.stop - 1}")
+        ports.append(ServicePort(protocol, port, target, str(p.get("name") or ""), node_port))
     if not ports:
         raise InvalidSpec("spec.ports", "Required value: a Service needs at least one port")
     ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
@@ -96,8 +111,16 @@ def parse(obj: Mapping, namespace: str, name: str) -> Service:
     affinity = spec.get("sessionAffinity") or "None"
     if affinity not in AFFINITIES:
         raise InvalidSpec("spec.sessionAffinity", f"{affinity!r}: use None or ClientIP")
+    kind = spec.get("type") or "ClusterIP"
+    if kind not in TYPES:
+        raise InvalidSpec("spec.type", f"{kind!r}: use one of {', '.join(TYPES)} (ExternalName has no address)")
+    policy = spec.get("externalTrafficPolicy") or "Cluster"
+    if policy not in TRAFFIC_POLICIES:
+        raise InvalidSpec("spec.externalTrafficPolicy", f"{policy!r}: use Cluster or Local")
+    if kind == "ClusterIP" and any(p.node_port for p in ports):
+        raise InvalidSpec("spec.ports.nodePort", "only a NodePort or LoadBalancer Service has node ports")
     return Service(namespace, name, dict(selector) if selector is not None else None, tuple(ports),
-                   cluster_ips, affinity)
+                   cluster_ips, affinity, kind, policy)
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:

@@ -62,3 +62,34 @@ def test_a_service_without_endpoints_rejects_at_once(up):
                          capture_output=True, text=True, check=True).stdout
     # A reset, not silence: "timeout" would be the 5 s running out.
     assert json.loads(out)["0"] == "refused"
+
+
+NODE_PORTS = os.path.join(HERE, "nodeports.yaml")
+
+
+def test_node_ports_kube_proxy_serves_meet_the_backends_ingress_policy():
+    """kube-proxy keeps node ports: from the outside host to every node's
+    node port, each connection judged by its backend's ingress policy on
+    the address kube-proxy leaves it (masqueraded to the node the
+    connection arrived at; the client's own with externalTrafficPolicy
+    Local), as the model says."""
+    name = "tsnp"
+    if state_.exists(name):
+        lab.down(name, echo=lambda _: None)
+    data = lab.up([TOPOLOGY, POLICIES, NODE_PORTS], nodes=2, backend="kernel", name=name, kube_proxy=True,
+                  echo=lambda _: None)
+    try:
+        got = lab.probe(name)
+        assert probe.check(data, got) == []
+        where = {p["ref"]: p["node"] for p in data["pods"]}
+        reached = {(c["dst"], c["protocol"]) for c in got["node_ports"]}
+        # x/a: only through its own node (masqueraded to it: the node is always let in).
+        assert {d for d, _ in reached if d.startswith("x/np-a")} == {f"x/np-a[Service]@{where['x/a[Pod]']}"}
+        # z/b, Local: only through the node it runs on, both protocols, from the client's address.
+        assert {(d, p) for d, p in reached if d.startswith("z/np-b-local")} == {
+            (f"z/np-b-local[Service]@{where['z/b[Pod]']}", p) for p in ("TCP", "UDP")}
+        lb = [s for s in data["services"] if s["ref"] == "y/lb-b[Service]"][0]
+        assert lb["node_ports"][0] in range(30000, 32768)
+    finally:
+        lab.down(name, echo=lambda _: None)
+    assert lab.leftovers(data) == []
