@@ -6,8 +6,10 @@ programs.
 
 Called by `tailor programs`, benchmarks and tests. Pure.
 
-The generic program parses IPv4 and IPv6 always, checks connection tracking
-always, and evaluates policy by walking a rule table in a bounded loop. The
+The generic program parses IPv4 and IPv6 always, translates Service
+addresses always (every protocol, ClientIP affinity), checks connection
+tracking always, and evaluates policy by walking a rule table in a bounded
+loop. The
 pod's specifics are all map data:
     gcfg     array[1]: the pod's addresses, families, which directions are
              enforced
@@ -33,11 +35,13 @@ from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R5, R6, R7, R8
 from tailor.datapath.ebpf.maps import F_NO_PREALLOC, MapSpec, MapType
 from tailor.datapath import groups as node_groups
 from tailor.datapath import layout
-from tailor.operator.compiler import conntrack, forward, labels, parse, rules
+from tailor.operator.compiler import conntrack, forward, labels, parse, rules, services
 from tailor.operator.compiler.program import CompileError, PodPrograms, Program
 from tailor.operator.compiler.spec import (ANY_PEER, EGRESS, INGRESS, Action, Cidr, Group, NamedPort,
-                                           PortRange, ProgramSpec, TierKind)
+                                           PortRange, ProgramSpec, Services, TierKind)
 
+# A generic datapath translates whatever Services a cluster has.
+EVERY_SERVICE = Services((4, 6), (services.TCP, services.UDP, services.SCTP), affinity=True)
 MAX_RULES = 64
 PORTS_PER_RULE = 8
 MAX_PEERS = 64
@@ -101,7 +105,8 @@ def compile_generic(direction: str) -> Program:
                                  _cidr_map(4), _cidr_map(6), _named_port_map(4),
                                  _named_port_map(6))}
     features = frozenset({"ipv4", "ipv6", "conntrack", f"{direction}-policy", "anp", "banp",
-                          "selectors", "ipblock", "ports", "named-ports", "generic"}
+                          "selectors", "ipblock", "ports", "named-ports", "generic", "services"}
+                         | ({"session-affinity"} if direction == EGRESS else set())
                          | ({"anti-spoof", "redirect"} if direction == EGRESS else {"host-path"}))
     return Program(direction, tuple(insns), tuple(specs[n] for n in isa.map_refs(insns)),
                    features, b.jumps)
@@ -142,6 +147,7 @@ def _family(b: Builder, family: int, direction: str) -> None:
         _cfg(b, R1, 1, CFG_HAS4 if family == 4 else CFG_HAS6)
         b.jeq(R1, 0, labels.DROP)
     if direction == INGRESS:
+        services.untranslate(b, family, FRAME, EVERY_SERVICE, labels.DROP)
         forward.host_path_record(b, family, FRAME)
     if direction == EGRESS:
         with b.annotate("anti-spoof from the configuration"):
@@ -149,6 +155,7 @@ def _family(b: Builder, family: int, direction: str) -> None:
                 _cfg(b, R2, 4, (CFG_IP4 if family == 4 else CFG_IP6) + off)
                 b.load(4, R1, R10, key + f["saddr"] + off)
                 b.jne(R1, R2, labels.DROP)
+        services.translate(b, family, FRAME, EVERY_SERVICE, labels.DROP)
     passed = labels.family_forward(family) if direction == EGRESS else labels.ALLOW
     _cfg(b, R1, 1, CFG_ENFORCED)
     b.jeq(R1, 0, labels.family_allow(family))

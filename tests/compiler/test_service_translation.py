@@ -48,12 +48,19 @@ CLUSTER = [
 ]
 
 
-@pytest.fixture(params=["emulated", pytest.param("kernel", marks=pytest.mark.kernel)])
+@pytest.fixture(params=["emulated", pytest.param("kernel", marks=pytest.mark.kernel), "emulated-generic",
+                        pytest.param("kernel-generic", marks=pytest.mark.kernel)])
 def node(request):
+    """The cluster on one node: the specialised programs, or the generic
+    ones (which translate whatever Services there are)."""
+    engine, _, generic = request.param.partition("-")
     state = state_of(*CLUSTER)
-    n = tracing.Node(trace.engine(request.param), state)
+    n = tracing.Node(trace.engine(engine), state)
     for b in build.build(state).values():
-        n.add(b.spec, b.programs)
+        if generic:
+            n.add_generic(b.spec)
+        else:
+            n.add(b.spec, b.programs)
     table, warnings = servicemaps.entries(state)
     assert not warnings
     n.set_services(table)
