@@ -140,6 +140,12 @@ class KernelNode:
         """The pod on the generic programs, its policy in their maps."""
         self._node.add_generic(spec)
 
+    def set_services(self, state: ClusterState) -> None:
+        """The node's Service table for `state`, as its agent holds it."""
+        from tailor.operator.compiler import servicemaps
+
+        self._node.set_services(servicemaps.entries(state)[0])
+
     def loaded(self, pod: str, direction: str):
         return self._node.pods[pod].loaded[direction]
 

@@ -71,6 +71,15 @@ _NS = [namespace("app", {"team": "app"}), namespace("ops", {"team": "ops"})]
 _IN = (CLIENT_IP, IP, "TCP", 40000, 80)
 
 
+_OUT = (IP, CLIENT_IP, "TCP", 40000, 9090)
+
+
+def _service() -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "app"},
+            "spec": {"selector": {"role": "web"}, "clusterIP": "10.96.0.10",
+                     "ports": [{"port": 80, "targetPort": 9090}, {"port": 53, "protocol": "UDP"}]}}
+
+
 def _client(ips=(CLIENT_IP, CLIENT_IP6)) -> dict:
     return pod("client", "app", {"role": "web"}, ips,
                ports=[{"name": "metrics", "containerPort": 9090}])
@@ -140,6 +149,11 @@ def scenarios() -> list[Scenario]:
                                                        "the subject's egress program"),
         Scenario("anp-tiers", base + [_subject()] + _tiers(), SUBJECT, "ingress", _IN,
                  "ANP Deny/Pass, NetworkPolicy allow, BANP deny"),
+        Scenario("egress-v4", base + [_subject()], SUBJECT, "egress", _OUT,
+                 "what an IPv4 pod without policy sends, no Services in the cluster"),
+        Scenario("egress-v4-services", base + [_subject(), _service()], SUBJECT, "egress", _OUT,
+                 "the same with a TCP and a UDP Service in the cluster: the translation's lookups, "
+                 "missed by a packet to a pod"),
     ]
 
 

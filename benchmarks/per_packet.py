@@ -43,6 +43,8 @@ def measure(scenario: clusters.Scenario, repeat: int, runs: int) -> dict:
             adapters.floor_program() as floor:
         own.add(spec, programs)
         gen.add_generic(spec)
+        for node in (own, gen):
+            node.set_services(state)
         gen_programs = gen.programs(scenario.subject)
         contenders = {"specialised": own.loaded(scenario.subject, scenario.direction),
                       "generic": gen.loaded(scenario.subject, scenario.direction),

@@ -9,7 +9,8 @@ client's ClientIP affinity names if it has one that has not expired, else
 a random one of the Service's backends — and the choice is remembered in
 nat4/6 both ways: under the connection's key (dir SVC_OUT) the backend,
 under the key the backend's replies will carry (dir SVC_BACK) the Service's
-address. Later packets find the first entry. The packet's destination is
+address. Later packets find the first entry. A packet to no Service costs
+one lookup (svc4/6, first). The packet's destination is
 rewritten (checksums updated) and so is the connection key on the stack:
 egress policy, connection tracking and delivery all see the backend pod,
 as NetworkPolicy semantics require.
@@ -68,12 +69,8 @@ def translate(b: Builder, family: int, frame: layout.Frame, use: Services, drop:
     nat, svc = layout.NAT_MAPS[family].name, layout.SVC_MAPS[family].name
     backends, affinity = layout.BACKEND_MAPS[family].name, layout.AFFINITY_MAPS[family].name
     L = lambda part: labels.service(family, part)           # noqa: E731
-    with b.annotate("Service: a connection already translated?"):
-        _protocols(b, use, L("proto"), L("done"))
-        b.store(1, R10, key + f["dir"], layout.SVC_OUT)
-        b.map_lookup(nat, key)
-        b.jne(R0, 0, L("known"))
     with b.annotate("Service: is the destination a Service address and port?"):
+        _protocols(b, use, L("proto"), L("done"))
         _copy(b, R10, key + f["daddr"], frame.np_key, a)
         b.load(2, R1, R10, key + f["dport"])
         b.store(2, R10, frame.np_key + a, R1)
@@ -87,19 +84,22 @@ def translate(b: Builder, family: int, frame: layout.Frame, use: Services, drop:
         b.load(4, R1, R0, 0)
         b.store(4, R10, frame.backend_key, R1)
         b.mov64(R8, 0)                                       # r8: remember an affinity choice?
-    if use.affinity:
-        with b.annotate("Service: ClientIP affinity, if the client's choice has not expired"):
-            b.load(4, R1, R0, 8)
-            b.jset(R1, layout.SERVICE_AFFINITY, L("affinity"))
-            b.jump(L("pick"))
-            b.label(L("affinity"))
+        if use.affinity:
+            b.load(4, R8, R0, 8)
+            b.and64(R8, layout.SERVICE_AFFINITY)
             b.load(4, R1, R0, 12)
             b.mul64(R1, NS_PER_SECOND)
             b.store(8, R10, frame.ct_value, R1)
+    with b.annotate("Service: a connection already translated?"):
+        b.store(1, R10, key + f["dir"], layout.SVC_OUT)
+        b.map_lookup(nat, key)
+        b.jne(R0, 0, L("known"))
+    if use.affinity:
+        with b.annotate("Service: ClientIP affinity, if the client's choice has not expired"):
+            b.jeq(R8, 0, L("pick"))
             b.load(4, R1, R10, frame.backend_key)
             b.store(4, R10, frame.np_key, R1)
             _copy(b, R10, key + f["saddr"], frame.np_key + 4, a)
-            b.mov64(R8, 1)
             b.map_lookup(affinity, frame.np_key)
             b.jeq(R0, 0, L("pick"))
             b.load(8, R1, R0, 0)
