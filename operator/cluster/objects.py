@@ -52,6 +52,9 @@ class Pod:
     ips: tuple[str, ...]
     ports: tuple[ContainerPort, ...] = ()
     kind: str = "Pod"
+    # An endpoint of the Services that select it (its Ready condition, as
+    # the endpoints controller reads it): policy does not care.
+    ready: bool = True
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -35,16 +35,28 @@ def from_manifest(obj: Mapping, namespace: str, name: str) -> tuple[Pod, tuple[i
     if not isinstance(spec, Mapping):
         raise InvalidSpec(f"{path}spec", "Required value")
     ips: tuple[str, ...] = ()
+    ready = True
     if kind == "Pod":
         status = obj.get("status") or {}
+        ready = _ready(obj)
         if status.get("podIPs"):
             ips = addresses.parse_ips([e.get("ip") if isinstance(e, Mapping) else e
                                        for e in status["podIPs"]], "status.podIPs")
         elif status.get("podIP"):
             ips = addresses.parse_ips([status["podIP"]], "status.podIP")
     pod = Pod(namespace, name, labels, spec.get("nodeName"), ips,
-              _container_ports(spec, f"{path}spec"), kind)
+              _container_ports(spec, f"{path}spec"), kind, ready)
     return pod, families
+
+
+def _ready(obj: Mapping) -> bool:
+    """Whether a Service may send to the pod: not terminating, and Ready
+    unless its status says otherwise (a manifest without conditions is)."""
+    if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    found = [c for c in conditions if isinstance(c, Mapping) and c.get("type") == "Ready"]
+    return not found or found[-1].get("status") == "True"
 
 
 def template(obj: Mapping, kind: str) -> tuple[Mapping, str]:

@@ -26,6 +26,7 @@ from tailor.operator.errors import InvalidSpec
 API_VERSION = "v1"
 AFFINITIES = ("None", "ClientIP")
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+AFFINITY_SECONDS = 10800                     # the API's default clientIP.timeoutSeconds
 TRAFFIC_POLICIES = ("Cluster", "Local")
 NODE_PORTS = range(30000, 32768)             # the API server's default --service-node-port-range
 
@@ -49,6 +50,7 @@ class Service:
     session_affinity: str = "None"
     type: str = "ClusterIP"
     external_traffic_policy: str = "Cluster"   # NodePort: Local keeps the client's address
+    affinity_seconds: int = AFFINITY_SECONDS    # ClientIP: how long a client keeps its backend
 
     @property
     def node_ports(self) -> bool:
@@ -119,8 +121,14 @@ def parse(obj: Mapping, namespace: str, name: str) -> Service:
         raise InvalidSpec("spec.externalTrafficPolicy", f"{policy!r}: use Cluster or Local")
     if kind == "ClusterIP" and any(p.node_port for p in ports):
         raise InvalidSpec("spec.ports.nodePort", "only a NodePort or LoadBalancer Service has node ports")
+    config = spec.get("sessionAffinityConfig") or {}
+    timeout = ((config.get("clientIP") or {}) if isinstance(config, Mapping) else {}).get(
+        "timeoutSeconds", AFFINITY_SECONDS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= 86400:
+        raise InvalidSpec("spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                          f"{timeout!r} is not a number of seconds in 1-86400")
     return Service(namespace, name, dict(selector) if selector is not None else None, tuple(ports),
-                   cluster_ips, affinity, kind, policy)
+                   cluster_ips, affinity, kind, policy, timeout)
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:
@@ -134,10 +142,10 @@ def target_port(pod: Pod, port: ServicePort) -> int | None:
 
 def backends(service: Service, pods) -> list[Pod]:
     """The pods the selector chooses, in the Service's namespace, with an
-    address (ready: the lab and the model know no other readiness)."""
+    address and Ready (Pod.ready), as the endpoints controller lists them."""
     if not service.selector:            # none, or {}: endpoints someone else writes
         return []
-    return sorted((p for p in pods if p.namespace == service.namespace and p.ips
+    return sorted((p for p in pods if p.namespace == service.namespace and p.ips and p.ready
                    and all(p.labels.get(k) == v for k, v in service.selector.items())),
                   key=lambda p: p.ref)
 

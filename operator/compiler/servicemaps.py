@@ -3,7 +3,9 @@ protocol with its backends (address, port), from the cluster's Services
 and their endpoints. Pure. Sent to the agents whole (SetServices); the
 agent numbers the entries and writes the maps (datapath/services.py).
 
-Left out, with a warning naming the Service: SCTP backends whose port is
+Endpoints are the ready pods the selector chooses (cluster/services.py),
+as the endpoints controller lists them. Left out, with a warning naming
+the Service: SCTP backends whose port is
 not the Service's (an SCTP packet's CRC32c covers its ports and cannot be
 patched in the datapath; kube-proxy, if it runs, still serves them through
 the node: the packet goes on untranslated).
@@ -17,16 +19,12 @@ from tailor.operator.cluster.ports import PROTOCOL_NUMBERS
 from tailor.operator.cluster.services import endpoints
 from tailor.operator.cluster.state import ClusterState
 
-# Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds.
-AFFINITY_SECONDS = 10800
-
-
 def entries(state: ClusterState) -> tuple[list[ServiceEntry], list[str]]:
     """The table, and warnings for what it leaves out."""
     out, warnings = [], []
     pods = list(state.pods.values())
     for svc in state.sorted_services():
-        affinity = AFFINITY_SECONDS if svc.session_affinity == "ClientIP" else 0
+        affinity = svc.affinity_seconds if svc.session_affinity == "ClientIP" else 0
         for address in svc.cluster_ips:
             family = ipaddress.ip_address(address).version
             for port in svc.ports:

@@ -95,6 +95,10 @@ def essence(kind: str, body: Mapping) -> dict:
                                      for c in spec.get("containers") or [] if isinstance(c, Mapping)]
         status = body.get("status") or {}
         out["status"] = {k: _plain(status[k]) for k in ("phase", "podIP", "podIPs") if status.get(k)}
+        # Readiness decides whether Services send to it.
+        ready = [c for c in status.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") == "Ready"]
+        if ready:
+            out["status"]["conditions"] = [{"type": "Ready", "status": ready[-1].get("status")}]
     elif kind == NODE:
         out["status"] = {"addresses": _plain((body.get("status") or {}).get("addresses") or [])}
         spec = body.get("spec") or {}

@@ -222,6 +222,10 @@ def service_mismatches(cluster, extra, engine: str) -> tuple[list[str], int]:
                                 if t.backend is not None:
                                     wrong.append(f"{src.ref} -> {svc.ref} {port}: translated without backends")
                                 continue
+                            if t.backend is None and not t.steps[0].passed and not any(
+                                    evaluate.connection_allowed(state, src, b, port.protocol, tp, family)
+                                    for b, tp in ends.values()):
+                                continue        # dropped by the client's egress, whatever the backend
                             if t.backend is None or t.backend.dst not in ends or not t.checksums:
                                 wrong.append(f"{src.ref} -> {svc.ref} {port}: {t}")
                                 continue

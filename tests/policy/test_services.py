@@ -80,3 +80,29 @@ def test_a_service_connection_is_judged_on_its_backends():
     state = load(*WEB, empty)
     e = state.services[("app", "none")]
     assert model.verdict(state, client, e, e.ports[0], 4) == model.NONE
+
+
+def test_only_ready_pods_are_endpoints_and_affinity_keeps_its_timeout():
+    from tailor.operator.cluster import manifests
+    from tailor.operator.cluster.services import endpoints
+    from tailor.operator.cluster.state import ClusterState
+
+    def pod(name, ready=None, terminating=False):
+        status = {"podIP": f"10.1.0.{len(name)}"}
+        if ready is not None:
+            status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        meta = {"name": name, "namespace": "app", "labels": {"app": "web"}}
+        if terminating:
+            meta["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                "spec": {"containers": [{"name": "c", "image": "x"}]}, "status": status}
+
+    state = ClusterState()
+    manifests.apply(state, [("t", o) for o in (
+        pod("a"), pod("bb", ready=True), pod("ccc", ready=False), pod("dddd", ready=True, terminating=True),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "app"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+                  "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}})])
+    svc = state.services[("app", "web")]
+    assert [p.name for p, _ in endpoints(svc, svc.ports[0], state.pods.values())] == ["a", "bb"]
+    assert svc.affinity_seconds == 60
