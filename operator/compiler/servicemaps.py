@@ -22,8 +22,8 @@ from tailor.operator.cluster.state import ClusterState
 def entries(state: ClusterState) -> tuple[list[ServiceEntry], list[str]]:
     """The table, and warnings for what it leaves out."""
     out, warnings = [], []
-    pods = list(state.pods.values())
     for svc in state.sorted_services():
+        pods = list(state.pods_in(svc.namespace))
         affinity = svc.affinity_seconds if svc.session_affinity == "ClientIP" else 0
         for address in svc.cluster_ips:
             family = ipaddress.ip_address(address).version
