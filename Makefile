@@ -1,11 +1,15 @@
-# The two set-up commands of README.md.
+# The two set-up commands of README.md. Python packages live in a virtual
+# environment (scripts/install-deps.sh makes it); its bin goes first on PATH.
 .PHONY: test install run
+VENV ?= $(CURDIR)/.venv
+export TAILOR_VENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
 
 # Installs everything the suite needs, then runs it. Kernel tests need root;
 # with CI=true they fail instead of skipping.
 test:
 	scripts/install-deps.sh --test
-	python3 -m pytest -q
+	$(VENV)/bin/python -P -m pytest -q
 
 install:
 	scripts/install-deps.sh

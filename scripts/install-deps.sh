@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what tailor needs on Debian bookworm (apt + pip) and mounts bpffs.
-# Idempotent: packages already present are not fetched again.
+# Idempotent: packages already present are not fetched again. Python packages
+# go into a virtual environment, `.venv` in the checkout (TAILOR_VENV elsewhere):
+# Debian's python3 refuses pip into the system (PEP 668). `. .venv/bin/activate`
+# puts `tailor` on PATH; the Makefile's targets use it directly.
 #   scripts/install-deps.sh          runtime only
 #   scripts/install-deps.sh --bench  plus what `python -m benchmarks` compares against
 #   scripts/install-deps.sh --test   plus what the test suite compares against (the
@@ -38,15 +41,32 @@ fi
 extras="[lab]"
 [[ "$mode" == "--bench" ]] && extras="[lab,bench]"
 [[ "$mode" == "--test" ]] && extras="[lab,test,bench]"
-echo "install-deps: pip install -e .${extras}" >&2
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
+venv="${TAILOR_VENV:-$PWD/.venv}"
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "install-deps: python3 -m venv $venv" >&2
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        # Debian ships venv's ensurepip apart from python3.
+        if [[ $EUID -ne 0 ]]; then
+            echo "install-deps: python3 cannot make a virtual environment; run as root or: sudo apt-get install python3-venv" >&2
+            exit 1
+        fi
+        echo "install-deps: apt-get install python3-venv" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$venv"
+    fi
+fi
+# -P: the checkout's top-level folders (operator/) must not shadow the standard library.
+pip=("$venv/bin/python" -P -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+echo "install-deps: pip install -e .${extras} (into $venv)" >&2
+"${pip[@]}" -e ".${extras}"
 if [[ "$mode" == "--test" ]]; then
     # Helm as a library, to lint the chart and install it into the kmock API
     # emulator (tests/charts, tests/operator). helm-sdkpy declares Python >= 3.12
     # but works on 3.11, hence --ignore-requires-python.
     echo "install-deps: pip install helm-sdkpy" >&2
-    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-        --ignore-requires-python "helm-sdkpy>=0.1.32"
+    "${pip[@]}" --ignore-requires-python "helm-sdkpy>=0.1.32"
 fi
 
 if [[ $EUID -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then

@@ -7,10 +7,16 @@ never pass by skipping the kernel half of the suite.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 BPFFS = "/sys/fs/bpf"
+
+# The console scripts (tailor, lint-imports, pyinstaller) sit beside the
+# interpreter running the suite — a virtual environment's bin — whether or
+# not that environment is activated.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
 def _kernel_unavailable() -> str | None:

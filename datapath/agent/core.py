@@ -23,15 +23,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Callable
 
 from tailor.datapath import layout
 from tailor.datapath.agent.backends import base
-
-log = logging.getLogger("tailor.agent")
 
 VERSION = "0.1.0"
 # How long attach_pod waits for a program (Apply or the program source).
@@ -243,14 +240,8 @@ class Core:
                 raise InvalidRequest(str(e)) from None
             digest = self.backend.services_digest()
         if self.network is not None:
-            from tailor.datapath.agent.node.network import NetworkError
-
             names = {6: "TCP", 17: "UDP", 132: "SCTP"}
-            try:
-                self.network.unserved([(e.address, names[e.protocol], e.port) for e in entries
-                                       if not e.backends])
-            except NetworkError as e:
-                log.error("Services without backends will time out instead of being rejected: %s", e)
+            self.network.unserved([(e.address, names[e.protocol], e.port) for e in entries if not e.backends])
         return count, digest
 
     def services_digest(self) -> str:

@@ -220,7 +220,8 @@ class NodeNetwork:
 
     def unserved(self, entries) -> None:
         """Reject at once, in the node's forward and output paths, these
-        (address, protocol name, port) Service ports that have no backend."""
+        (address, protocol name, port) Service ports that have no backend.
+        Without nft it logs why (the Services themselves still work)."""
         sets = {4: [], 6: []}
         for address, protocol, port in sorted(entries):
             sets[ipaddress.ip_address(address).version].append(f"{address} . {protocol.lower()} . {port}")
@@ -238,7 +239,11 @@ class NodeNetwork:
             body.append("  }")
         body.append("}")
         with self._lock:
-            run_nft("\n".join(body) + "\n")
+            try:
+                run_nft("\n".join(body) + "\n")
+            except NetworkError as e:
+                log.error("node %s: Services without backends will time out instead of being "
+                          "rejected: %s", self.node, e)
 
     def remove(self) -> None:
         """Undo everything this owns (for tests and a node leaving tailor)."""
