@@ -69,13 +69,12 @@ def _services(state, node) -> list[dict]:
     family both have: the model's verdict, or (with `node`, a tracing.Node
     holding the programs) what SERVICE_TRIES traced connections got."""
     from tailor.datapath import packets as pk
-    from tailor.operator.cluster.services import endpoints
     from tailor.operator.policy import reachability, services as model_services
 
     found: dict[tuple, tuple[list[int], set[str]]] = {}
     for svc in state.sorted_services():
         for port in svc.ports:
-            backends = {b.ref for b, _ in endpoints(svc, port, state.pods.values())}
+            backends = {b.ref for b, _ in state.endpoints(svc, port) if not isinstance(b, str)}
             for src in state.sorted_pods():
                 family = next((f for f in src.families if svc.cluster_ip(f)), None)
                 if family is None or src.ref in backends:

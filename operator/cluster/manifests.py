@@ -39,6 +39,7 @@ from tailor.operator.errors import InvalidSpec, ManifestError
 SUFFIXES = (".yaml", ".yml", ".json")
 CLUSTER_SCOPED = ("Namespace", "Node", *adminpolicy.KINDS)
 _API_VERSIONS = {"NetworkPolicy": networkpolicy.API_VERSION, "Service": services.API_VERSION,
+                 "EndpointSlice": services.SLICE_API_VERSION,
                  **adminpolicy.API_VERSIONS}
 
 
@@ -125,6 +126,8 @@ def apply_object(state: ClusterState, obj: Mapping, file: str = "<object>") -> N
             state.warnings.append(f"{file}: ignored {what}: {services.untranslated(obj)}")
         elif kind == "Service":
             state.add_service(services.parse(obj, namespace, name))
+        elif kind == "EndpointSlice":
+            state.add_endpoint_slice(services.parse_slice(obj, namespace, name))
         elif kind in adminpolicy.PARSERS:
             state.add_admin_policy(adminpolicy.PARSERS[kind](obj, name))
         else:

@@ -6,9 +6,10 @@ Service is judged on the backend it reaches: policy never sees the Service
 address) and the lab (its ClusterIPs, its EndpointSlices as the endpoints
 controller makes them, kube-proxy's rules).
 
-A Service's backends are the pods of its namespace its selector matches
-(a Service without a selector has the endpoints someone else writes: none
-here). A targetPort by name resolves per backend to that pod's
+A Service's backends are the ready pods of its namespace its selector
+matches; a Service without a selector has the endpoints someone else
+writes, in EndpointSlices labelled with its name (the `kubernetes` Service:
+the API servers), read here as addresses, or pods where a pod holds one. A targetPort by name resolves per backend to that pod's
 containerPort of the name and protocol; a backend without it is not an
 endpoint of that port, as the endpoints controller leaves it out.
 """
@@ -62,6 +63,48 @@ class Service:
 
     def cluster_ip(self, family: int) -> str | None:
         return next((a for a in self.cluster_ips if ipaddress.ip_address(a).version == family), None)
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICE_API_VERSION = "discovery.k8s.io/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointSlice:
+    """The part of a discovery.k8s.io/v1 EndpointSlice a Service without a
+    selector takes its backends from: the ready addresses and the ports."""
+    namespace: str
+    name: str
+    service: str
+    addresses: tuple[str, ...]                 # of the ready endpoints
+    ports: tuple[tuple[str, str, int], ...]    # (name, protocol, port)
+
+
+def parse_slice(obj: Mapping, namespace: str, name: str) -> EndpointSlice:
+    """Raises InvalidSpec naming the field."""
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL, "")
+    kind = obj.get("addressType")
+    if kind not in ("IPv4", "IPv6", "FQDN"):
+        raise InvalidSpec("addressType", f"{kind!r}: use IPv4, IPv6 or FQDN")
+    found = []
+    for i, e in enumerate(obj.get("endpoints") or []):
+        if not isinstance(e, Mapping):
+            raise InvalidSpec(f"endpoints[{i}]", "must be an object")
+        conditions = e.get("conditions") or {}
+        if kind == "FQDN" or conditions.get("ready") is False or conditions.get("terminating"):
+            continue                            # ready unless said otherwise, as kube-proxy reads it
+        for address in e.get("addresses") or []:
+            try:
+                found.append(str(ipaddress.ip_address(address)))
+            except ValueError:
+                raise InvalidSpec(f"endpoints[{i}].addresses", f"{address!r} is not an IP address") from None
+    ports = []
+    for i, p in enumerate(obj.get("ports") or []):
+        if not isinstance(p, Mapping) or not isinstance(p.get("port"), int) or not 1 <= p["port"] <= 65535:
+            raise InvalidSpec(f"ports[{i}].port", "must be a port number (1-65535)")
+        ports.append((str(p.get("name") or ""), p.get("protocol") or "TCP", p["port"]))
+    return EndpointSlice(namespace, name, service, tuple(found), tuple(ports))
 
 
 def untranslated(obj: Mapping) -> str | None:
@@ -150,11 +193,32 @@ def backends(service: Service, pods) -> list[Pod]:
                   key=lambda p: p.ref)
 
 
-def endpoints(service: Service, port: ServicePort, pods) -> list[tuple[Pod, int]]:
-    """(backend, its port) for one Service port: the EndpointSlice's endpoints."""
+def endpoints(service: Service, port: ServicePort, pods, slices=()) -> list[tuple[Pod | str, int]]:
+    """(backend, its port) for one Service port: the pods its selector
+    chooses, or, for a Service without one, the ready addresses of its
+    EndpointSlices (`slices`) that list the port by name — a pod where one
+    holds the address, else the address."""
+    if service.selector is None:
+        pods = list(pods)
+        by_ip = {ip: p for p in pods for ip in p.ips}
+        out = set()
+        for s in slices:
+            if s.namespace != service.namespace or s.service != service.name:
+                continue
+            for name, protocol, number in s.ports:
+                if name == port.name and protocol == port.protocol:
+                    out.update((a, number) for a in s.addresses)
+        return sorted(((by_ip.get(a, a), n) for a, n in out), key=lambda e: (str(e[0]), e[1]))
     out = []
     for pod in backends(service, pods):
         target = target_port(pod, port)
         if target is not None:
             out.append((pod, target))
     return out
+
+
+def address_of(backend: Pod | str, family: int) -> str | None:
+    """A backend's address of `family` (a pod's, or the address itself)."""
+    if isinstance(backend, str):
+        return backend if ipaddress.ip_address(backend).version == family else None
+    return backend.ip(family)

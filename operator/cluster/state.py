@@ -25,7 +25,7 @@ from tailor.operator.cluster import adminpolicy
 from tailor.operator.cluster.adminpolicy import AdminPolicy
 from tailor.operator.cluster.networkpolicy import NetworkPolicy
 from tailor.operator.cluster.objects import NAMESPACE_NAME_LABEL, Namespace, Node, Pod
-from tailor.operator.cluster.services import Service
+from tailor.operator.cluster.services import EndpointSlice, Service
 
 PodKey = tuple[str, str, str]
 
@@ -40,6 +40,7 @@ class ClusterState:
         self.baseline: AdminPolicy | None = None               # the BaselineAdminNetworkPolicy
         self.cluster_policies: dict[str, AdminPolicy] = {}     # ClusterNetworkPolicies, both tiers
         self.services: dict[tuple[str, str], Service] = {}     # by (namespace, name)
+        self.endpoint_slices: dict[tuple[str, str], EndpointSlice] = {}   # for selector-less Services
         self._service_use = None
         self.warnings: list[str] = []
         self._pods_by_namespace: dict[str, dict[PodKey, Pod]] = {}
@@ -75,6 +76,16 @@ class ClusterState:
                 affinity = affinity or svc.session_affinity == "ClientIP"
             self._service_use = (frozenset(fams), frozenset(protos), affinity)
         return self._service_use
+
+    def add_endpoint_slice(self, endpoint_slice: EndpointSlice) -> None:
+        self.endpoint_slices[(endpoint_slice.namespace, endpoint_slice.name)] = endpoint_slice
+
+    def endpoints(self, service: Service, port) -> list:
+        """services.endpoints over this state's pods and EndpointSlices."""
+        from tailor.operator.cluster import services as services_
+
+        return services_.endpoints(service, port, self.pods_in(service.namespace),
+                                   self.endpoint_slices.values())
 
     def sorted_services(self) -> list[Service]:
         return [self.services[k] for k in sorted(self.services)]
@@ -143,6 +154,8 @@ class ClusterState:
         if kind == "Service":
             self._service_use = None
             return self.services.pop((namespace, name), None) is not None
+        if kind == "EndpointSlice":
+            return self.endpoint_slices.pop((namespace, name), None) is not None
         if kind == "NetworkPolicy":
             policy = self.network_policies.pop((namespace, name), None)
             if policy is not None:

@@ -16,27 +16,26 @@ import ipaddress
 
 from tailor.datapath.services import ServiceEntry
 from tailor.operator.cluster.ports import PROTOCOL_NUMBERS
-from tailor.operator.cluster.services import endpoints
+from tailor.operator.cluster.services import address_of
 from tailor.operator.cluster.state import ClusterState
 
 def entries(state: ClusterState) -> tuple[list[ServiceEntry], list[str]]:
     """The table, and warnings for what it leaves out."""
     out, warnings = [], []
     for svc in state.sorted_services():
-        pods = list(state.pods_in(svc.namespace))
         affinity = svc.affinity_seconds if svc.session_affinity == "ClientIP" else 0
         for address in svc.cluster_ips:
             family = ipaddress.ip_address(address).version
             for port in svc.ports:
                 backends = []
-                for pod, target in endpoints(svc, port, pods):
-                    ip = pod.ip(family)
+                for backend, target in state.endpoints(svc, port):
+                    ip = address_of(backend, family)
                     if ip is None:
                         continue
                     if port.protocol == "SCTP" and target != port.port:
                         warnings.append(f"Service {svc.namespace}/{svc.name} port {port.port}/SCTP: backend "
-                                        f"{pod.namespace}/{pod.name} listens on {target}; an SCTP port "
-                                        f"cannot be translated, so tailor leaves this backend out")
+                                        f"{backend} listens on {target}; an SCTP port cannot be "
+                                        f"translated, so tailor leaves this backend out")
                         continue
                     backends.append((ip, target))
                 out.append(ServiceEntry(address, port.port, PROTOCOL_NUMBERS[port.protocol],

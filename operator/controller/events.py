@@ -32,9 +32,10 @@ from tailor.operator.cluster.state import ClusterState
 from tailor.operator.errors import InvalidSpec
 
 POD, NAMESPACE, NODE, SERVICE = "Pod", "Namespace", "Node", "Service"
+ENDPOINT_SLICE = "EndpointSlice"
 NETWORK_POLICY = "NetworkPolicy"
 ANP, BANP, CNP = adminpolicy.ANP, adminpolicy.BANP, adminpolicy.CNP
-KINDS = (NAMESPACE, NODE, POD, SERVICE, NETWORK_POLICY, ANP, BANP, CNP)
+KINDS = (NAMESPACE, NODE, POD, SERVICE, ENDPOINT_SLICE, NETWORK_POLICY, ANP, BANP, CNP)
 # The cluster-wide policy kinds: optional CRDs, watched once they exist.
 CLUSTER_POLICY_KINDS = adminpolicy.KINDS
 # kind -> (group, version, plural): what is watched and listed.
@@ -43,6 +44,7 @@ RESOURCES = {
     NODE: ("", "v1", "nodes"),
     POD: ("", "v1", "pods"),
     SERVICE: ("", "v1", "services"),
+    ENDPOINT_SLICE: ("discovery.k8s.io", "v1", "endpointslices"),
     NETWORK_POLICY: ("networking.k8s.io", "v1", "networkpolicies"),
     ANP: ("policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"),
     BANP: ("policy.networking.k8s.io", "v1alpha1", "baselineadminnetworkpolicies"),
@@ -103,6 +105,8 @@ def essence(kind: str, body: Mapping) -> dict:
         out["status"] = {"addresses": _plain((body.get("status") or {}).get("addresses") or [])}
         spec = body.get("spec") or {}
         out["spec"] = {k: _plain(spec[k]) for k in ("podCIDRs", "podCIDR") if spec.get(k)}
+    elif kind == ENDPOINT_SLICE:
+        out.update({k: _plain(body[k]) for k in ("addressType", "endpoints", "ports") if body.get(k) is not None})
     elif kind != NAMESPACE:
         out["spec"] = _plain(body.get("spec") or {})
     return out
@@ -154,6 +158,13 @@ class World:
                 return self._node(name, body, gone)
             if kind == SERVICE:
                 return self._service(namespace, name, body, gone)
+            if kind == ENDPOINT_SLICE:
+                if gone:
+                    return Outcome(services=self.state.delete(ENDPOINT_SLICE, namespace, name))
+                new = services.parse_slice(body, namespace, name)
+                changed = self.state.endpoint_slices.get((namespace, name)) != new
+                self.state.add_endpoint_slice(new)
+                return Outcome(services=changed)
             if kind == NETWORK_POLICY:
                 return self._network_policy(namespace, name, body, gone)
             if kind in CLUSTER_POLICY_KINDS:
@@ -374,6 +385,8 @@ class World:
             return {(None, n) for n in state.nodes} | {(None, n) for n in self._annotated}
         if kind == SERVICE:
             return set(state.services)
+        if kind == ENDPOINT_SLICE:
+            return set(state.endpoint_slices)
         if kind == NETWORK_POLICY:
             return set(state.network_policies)
         if kind == ANP:

@@ -15,7 +15,7 @@ any connection succeeds), "none" (no backend does, or there is none), or
 from __future__ import annotations
 
 from tailor.operator.cluster.objects import Pod
-from tailor.operator.cluster.services import Service, ServicePort, endpoints
+from tailor.operator.cluster.services import Service, ServicePort, address_of
 from tailor.operator.cluster.state import ClusterState
 from tailor.operator.policy import evaluate
 
@@ -26,9 +26,10 @@ def verdict(state: ClusterState, src: Pod | str, service: Service, port: Service
             family: int) -> str:
     """Of a connection from `src` (a pod, or an address such as a node's)
     to the Service's `family` address on `port`."""
-    allowed = [evaluate.connection_allowed(state, src, backend, port.protocol, target, family)
-               for backend, target in endpoints(service, port, state.pods.values())
-               if backend.ip(family) is not None and backend is not src]
+    allowed = [evaluate.connection_allowed(state, src, address_of(backend, family), port.protocol, target,
+                                           family)
+               for backend, target in state.endpoints(service, port)
+               if address_of(backend, family) is not None and backend is not src]
     if not allowed or not any(allowed):
         return NONE
     return ALL if all(allowed) else SOME

@@ -483,6 +483,17 @@ def test_every_agent_holds_the_service_table_and_follows_service_and_pod_changes
     # Deleted: the entries go.
     world.delete("Service", "x", "web")
     eventually(lambda: _service_entries(world) == {frozenset()}, what="the Service gone from every agent")
+    # A Service without a selector (the `kubernetes` one) takes its EndpointSlice's ready addresses.
+    world.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default"},
+                  "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}})
+    world.create({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": "kubernetes", "namespace": "default",
+                               "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                  "addressType": "IPv4", "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+                  "endpoints": [{"addresses": ["192.168.77.1"], "conditions": {"ready": True}},
+                                {"addresses": ["192.168.77.2"], "conditions": {"ready": False}}]})
+    api = frozenset({("10.96.0.1", 443, 6, (("192.168.77.1", 6443),))})
+    eventually(lambda: _service_entries(world) == {api}, what="the API servers' Service in every agent's table")
 
 
 def test_watch_dropped_and_restored_converges(world):

@@ -106,3 +106,33 @@ def test_only_ready_pods_are_endpoints_and_affinity_keeps_its_timeout():
     svc = state.services[("app", "web")]
     assert [p.name for p, _ in endpoints(svc, svc.ports[0], state.pods.values())] == ["a", "bb"]
     assert svc.affinity_seconds == 60
+
+
+def test_a_service_without_selector_takes_its_endpoint_slices_ready_addresses():
+    from tailor.operator.cluster import manifests
+    from tailor.operator.cluster.state import ClusterState
+    from tailor.operator.compiler import servicemaps
+    from tailor.operator.policy import services as model_services
+
+    state = ClusterState()
+    manifests.apply(state, [("t", o) for o in (
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "app"},
+         "spec": {"containers": [{"name": "c", "image": "x"}]}, "status": {"podIP": "10.1.0.1"}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "only-api", "namespace": "app"},
+         "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"ipBlock": {"cidr": "192.168.77.1/32"}}], "ports": [{"port": 6443}]}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "kubernetes", "namespace": "default",
+                      "labels": {"kubernetes.io/service-name": "kubernetes"}},
+         "addressType": "IPv4", "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+         "endpoints": [{"addresses": ["192.168.77.1"]},
+                       {"addresses": ["192.168.77.9"], "conditions": {"ready": False}}]})])
+    svc = state.services[("default", "kubernetes")]
+    assert state.endpoints(svc, svc.ports[0]) == [("192.168.77.1", 6443)]
+    assert [(e.address, e.port, e.backends) for e in servicemaps.entries(state)[0]] == [
+        ("10.96.0.1", 443, (("192.168.77.1", 6443),))]
+    # Egress policy judges the API server's address, not the Service's.
+    assert model_services.verdict(state, state.pod("app", "client"), svc, svc.ports[0], 4) == model_services.ALL
