@@ -98,14 +98,16 @@ def _probe(args) -> int:
         print(json.dumps(result, indent=2))
         return 1 if differ else 0
     connections = result["connections"]
-    every = connections + result.get("nodes", []) + result.get("outside", [])
+    every = connections + result.get("nodes", []) + result.get("outside", []) + result.get("services", []) \
+        + result.get("node_ports", [])
     rows = [("SRC", "DST", "PROTO", "PORTS")] + [(c["src"], c["dst"], c["protocol"], c["ports"])
                                                  for c in every]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
     print(f"{len(connections)} allowed pod to pod, {len(result.get('nodes', []))} node to pod, "
-          f"{len(result.get('outside', []))} pod to outside (source, destination, protocol); probed "
+          f"{len(result.get('outside', []))} pod to outside, {len(result.get('services', []))} pod to Service, "
+          f"{len(result.get('node_ports', []))} outside to node port (source, destination, protocol); probed "
           f"{', '.join(result['probed'])} on the {result['datapath']} datapath in {result['seconds']:.1f}s")
     if result.get("outside_seen") is not None:
         print(f"the outside host saw connections from {', '.join(result['outside_seen']) or 'nobody'}")
