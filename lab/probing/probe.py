@@ -14,9 +14,16 @@ every pod to a host outside the cluster (`OUTSIDE_PORT`, TCP and UDP), whose
 server records the source address each connection arrived from — with the
 node's masquerade it is the pod's node's address, never the pod's.
 
+Every pod also dials every Service port it is no backend of (the pods'
+own programs translate them; with `--kube-proxy` the nodes carry kube-proxy's
+rules too), judged on the backends; with `--kube-proxy` the outside host
+dials every node port on every node.
+
 The result has the `tailor connectivity` JSON shape, restricted to what was
 probed: `{"connections": [{"src", "dst", "protocol", "ports"}], "nodes":
 [... src "<node>[Node]"], "outside": [... dst "<address>[Outside]"],
+"services": [... dst "<ns>/<name>[Service]"], "node_ports": [... src
+"<address>[Outside]", dst "<ns>/<name>[Service]@<node>"],
 "outside_seen": [the source addresses the outside host saw] (kernel),
 "datapath", "probed": [...], "notes": [...]}`, ports being the probed ports
 that connected. SCTP is not probed (no SCTP sockets in this kernel, or none in
