@@ -47,6 +47,9 @@ def register(sub) -> None:
                         "burst (many pods starting) is one push per affected pod (default %(default)s)")
     p.add_argument("--watch-timeout", type=int, default=300, metavar="S",
                    help="server-side watch timeout; the stream is then reopened (default %(default)s)")
+    p.add_argument("--agent-selector", metavar="K=V,...",
+                   help="the labels of the node agents' pods (default: the chart's, "
+                        "app.kubernetes.io/name=tailor,app.kubernetes.io/component=agent)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=_run)
 
@@ -72,6 +75,15 @@ def _run(args) -> int:
         if not os.path.isfile(args.kubeconfig):
             print(f"tailor operator: --kubeconfig {args.kubeconfig}: no such file", file=sys.stderr)
             return 2
+    agent_selector = None
+    if args.agent_selector is not None:
+        from tailor.operator.controller import events
+
+        try:
+            agent_selector = events.parse_selector(args.agent_selector)
+        except ValueError as e:
+            print(f"tailor operator: --agent-selector: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = config.Config(
@@ -80,7 +92,8 @@ def _run(args) -> int:
         identity=os.environ.get("POD_ID") or os.environ.get("POD_NAME") or None,
         peering=args.peering, liveness=args.liveness, metrics_port=args.metrics_port,
         reconcile_seconds=args.reconcile_seconds, push_coalesce=args.push_coalesce,
-        watch_server_timeout=args.watch_timeout, watch_client_timeout=args.watch_timeout + 30.0)
+        watch_server_timeout=args.watch_timeout, watch_client_timeout=args.watch_timeout + 30.0,
+        agent_selector=agent_selector)
     try:
         return asyncio.run(app.run(settings))
     except KeyboardInterrupt:

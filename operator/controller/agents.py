@@ -36,9 +36,8 @@ class Agents:
         """The Agent stub for `node`; NoAgent when its address is unknown."""
         address = self._address_of(node) if node else None
         if not address:
-            raise NoAgent(f"no agent known for node {node} (no pod labelled "
-                          f"app.kubernetes.io/name=tailor-agent there, no tailor.dev/agent-address "
-                          f"annotation)")
+            raise NoAgent(f"no agent known for node {node} (no agent pod with a `grpc` port there, "
+                          f"as --agent-selector picks them, no tailor.dev/agent-address annotation)")
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:

@@ -46,7 +46,7 @@ class Controller:
         self.config = config
         self.credentials = credentials
         self.engine = engine_.Engine(retry_first=config.retry_first, retry_max=config.retry_max,
-                                     coalesce=config.push_coalesce)
+                                     coalesce=config.push_coalesce, agent_selector=config.agent_selector)
         self.agents = Agents(self.engine.agent_address)
         self.nodes = NodeTable(self.engine, self.agents, timeout=config.push_timeout)
         self.services = ServiceTable(self.engine, self.agents, timeout=config.push_timeout)

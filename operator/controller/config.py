@@ -26,6 +26,7 @@ class Config:
     peering: str | None = None
     liveness: str | None = None          # e.g. http://0.0.0.0:8080/healthz
     metrics_port: int | None = None      # Prometheus /metrics (None: not served)
+    agent_selector: dict | None = None   # the agent pods' labels (None: events.AGENT_SELECTOR)
     # Watch-stream settings (kopf): server-side timeout, client-side timeout,
     # the pause before reconnecting, and how long an idle stream may stay silent.
     watch_server_timeout: int = 300

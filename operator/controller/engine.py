@@ -88,13 +88,13 @@ def _key(ref: str) -> str:
 
 class Engine:
     def __init__(self, *, retry_first: float = 0.2, retry_max: float = 10.0, coalesce: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, agent_selector=None):
         # Once work appears, wait this long before planning it, so a burst of
         # changes (pods starting together) becomes one push per affected pod.
         self.coalesce = coalesce
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self.world = events.World()
+        self.world = events.World(agent_selector)
         self.desired = desired.Desired(self.world.memberships)
         self._groups: set[str] = set()                       # groups whose members changed
         self._groups_planned_at: dict[str, float] = {}       # node -> when its groups last changed

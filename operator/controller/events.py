@@ -13,9 +13,11 @@ manifest file has not:
     are not carried over);
   - host-network pods are not tailor's (they share the node's address) and
     finished pods (Succeeded, Failed) have released theirs: both are absent;
-  - the node agents' addresses: from the agent DaemonSet's pods (label
-    `app.kubernetes.io/name: tailor-agent`, container port named `grpc`)
-    or the node annotation `tailor.dev/agent-address`, which wins;
+  - the node agents' addresses: from the agent DaemonSet's pods (the labels
+    of AGENT_SELECTOR, or `tailor operator --agent-selector`, which the
+    chart renders from the very labels it gives the DaemonSet; container
+    port named `grpc`) or the node annotation `tailor.dev/agent-address`,
+    which wins;
   - an object the parsers refuse changes nothing: its previous version stays
     in force (fail closed, never fail open) and the outcome says why.
 """
@@ -52,7 +54,8 @@ RESOURCES = {
 }
 DELETED = "DELETED"
 
-AGENT_LABEL, AGENT_NAME = "app.kubernetes.io/name", "tailor-agent"
+# The chart's agent pods, as its default release labels them.
+AGENT_SELECTOR = {"app.kubernetes.io/name": "tailor", "app.kubernetes.io/component": "agent"}
 AGENT_PORT_NAME = "grpc"
 AGENT_ANNOTATION = "tailor.dev/agent-address"
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -131,8 +134,9 @@ class World:
     """The cluster as the operator knows it: the ClusterState the compiler
     reads, plus pod uids and the agents' addresses."""
 
-    def __init__(self) -> None:
+    def __init__(self, agent_selector: Mapping[str, str] | None = None) -> None:
         self.state = ClusterState()
+        self.agent_selector = dict(AGENT_SELECTOR if agent_selector is None else agent_selector)
         # Members of the peer groups programs test, kept as the state changes.
         self.memberships = groups.Memberships(self.state)
         self.uids: dict[str, str] = {}                           # pod ref -> uid
@@ -224,7 +228,7 @@ class World:
         labels = (body.get("metadata") or {}).get("labels") or {}
         before = self._agent_pods.get((namespace, name))
         after = None
-        if not gone and labels.get(AGENT_LABEL) == AGENT_NAME:
+        if not gone and self.agent_selector and all(labels.get(k) == v for k, v in self.agent_selector.items()):
             after = _agent_pod_address(body)
         if after is None:
             self._agent_pods.pop((namespace, name), None)
@@ -428,3 +432,16 @@ def _agent_pod_address(body: Mapping) -> tuple[str, str] | None:
                 host = f"[{ip}]" if ":" in ip else ip
                 return node, f"{host}:{port['containerPort']}"
     return None
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    """`k=v,k=v` (as --agent-selector takes it) -> {k: v}; ValueError naming the bad part."""
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{part!r} is not key=value")
+        out[key.strip()] = value.strip()
+    if not out:
+        raise ValueError("an empty selector would take every pod for an agent")
+    return out

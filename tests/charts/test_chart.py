@@ -166,7 +166,7 @@ def test_values_referenced_exist():
 
 def test_values_defaults():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["ports"] == {"agentGrpc": 9501, "operatorSource": 9502, "metrics": 9503}
+    assert values["ports"] == {"agentGrpc": 9501, "operatorSource": 9502, "metrics": 9503, "operatorMetrics": 9504}
     assert values["agent"]["backend"] in ("kernel", "emulated")
     assert values["operator"]["replicas"] == 2 and values["operator"]["peering"] == "tailor"
     assert values["podCIDRs"]["source"] in ("annotation", "values")
@@ -318,9 +318,12 @@ async def test_install_renders_operator_rbac_and_cni_config():
         peering = rendered(kube, "kopf.dev/v1/clusterkopfpeerings", "tailor", None)
     assert deployment["spec"]["replicas"] == 2
     (operator,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert operator["command"] == ["tailor", "operator", "--source-listen", "0.0.0.0:9502", "--peering", "tailor"]
+    assert operator["command"] == ["tailor", "operator", "--source-listen", "0.0.0.0:9502", "--peering", "tailor",
+                                   "--agent-selector", "app.kubernetes.io/component=agent,"
+                                   "app.kubernetes.io/instance=tailor,app.kubernetes.io/name=tailor",
+                                   "--metrics-port", "9504"]
     assert peering["kind"] == "ClusterKopfPeering"
-    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("source", 9502), ("metrics", 9503)}
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("source", 9502), ("metrics", 9504)}
 
     def allowed(role, group, resource):
         return {verb for rule in role["rules"] if group in rule["apiGroups"]
@@ -341,7 +344,7 @@ async def test_install_renders_operator_rbac_and_cni_config():
     assert allowed(agent_role, "", "nodes") == {"get", "patch"}
     assert allowed(lease_role, "coordination.k8s.io", "leases") >= {"get", "create", "update"}
 
-    conflist = json.loads(configmap["data"]["10-tailor.conflist"])
+    conflist = json.loads(configmap["data"]["05-tailor.conflist"])
     assert conflist == {"cniVersion": "1.1.0", "name": "tailor", "plugins": [
         {"type": "tailor", "agentSocket": "/run/tailor/cni.sock", "timeoutSeconds": 30}]}
     assert "kubectl get pp -A" in release["info"]["notes"]
@@ -383,3 +386,32 @@ async def test_after_install_kubectl_serves_podprograms_from_the_charts_crd():
     header, row = out.splitlines()
     assert header.split() == ["NAMESPACE", "NAME", "NODE", "FEATURES", "INSTRUCTIONS", "STATE", "AGE"]
     assert row.split()[:6] == ["x", "a", "worker-1", "ipv4", "118", "Loaded"]
+
+
+@pytest.mark.operator
+@pytest.mark.asyncio
+async def test_the_operator_finds_the_agents_the_chart_runs():
+    """Agent discovery is defined once: the operator is told the labels the
+    chart gives its agent pods, and a pod made from the rendered DaemonSet's
+    template (scheduled and running, as a kubelet reports it) is found."""
+    import copy
+
+    from tailor.operator.controller import events
+
+    needs_helm()
+    async with kubectl_harness.kube(tailor=False) as kube:
+        await install(kube)
+        ds = rendered(kube, "apps/v1/daemonsets", "tailor-agent")
+        deployment = rendered(kube, "apps/v1/deployments", "tailor-operator")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    selector = events.parse_selector(command[command.index("--agent-selector") + 1])
+    template = copy.deepcopy(ds["spec"]["template"])
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {**template["metadata"], "name": "tailor-agent-x1", "namespace": "kube-system"},
+           "spec": {**template["spec"], "nodeName": "node-1"},
+           "status": {"phase": "Running", "podIP": "192.168.77.1"}}
+    world = events.World(selector)
+    world.apply(events.POD, None, events.essence(events.POD, pod))
+    assert world.agent_address("node-1") == "192.168.77.1:9501"
+    # The operator's default is the chart's labels of any release.
+    assert events.World().agent_selector.items() <= selector.items()

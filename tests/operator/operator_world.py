@@ -118,7 +118,7 @@ class World:
         port = int(self.agents["n1"].listen.rsplit(":", 1)[1])
         self.create({"apiVersion": "v1", "kind": "Pod",
                      "metadata": {"name": "tailor-agent-n1", "namespace": "tailor-system",
-                                  "labels": {"app.kubernetes.io/name": "tailor-agent"}},
+                                  "labels": {"app.kubernetes.io/name": "tailor", "app.kubernetes.io/component": "agent"}},
                      "spec": {"nodeName": "n1", "hostNetwork": True,
                               "containers": [{"name": "agent", "image": "tailor",
                                               "ports": [{"name": "grpc", "containerPort": port}]}]},

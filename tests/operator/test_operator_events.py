@@ -107,7 +107,7 @@ def test_host_network_and_finished_pods_are_not_tailors():
 
 def test_agent_addresses_from_the_daemonset_pod_and_the_node_annotation():
     world = events.World()
-    agent = pod("tailor-agent-abc", {"app.kubernetes.io/name": "tailor-agent"}, node="n1",
+    agent = pod("tailor-agent-abc", {"app.kubernetes.io/name": "tailor", "app.kubernetes.io/component": "agent"}, node="n1",
                 host_network=True, ips=["172.18.0.2"])
     agent["status"]["podIP"] = "172.18.0.2"
     agent["spec"]["containers"][0]["ports"] = [{"name": "grpc", "containerPort": 9501}]

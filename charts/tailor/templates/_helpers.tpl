@@ -44,3 +44,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "tailor.programSource" -}}
 {{- printf "%s.%s.svc:%d" (include "tailor.operatorName" .) .Release.Namespace (int .Values.ports.operatorSource) -}}
 {{- end -}}
+
+{{/* The agent pods' selector labels as k=v,k=v (tailor operator --agent-selector). */}}
+{{- define "tailor.agentSelector" -}}
+{{- $labels := include "tailor.selectorLabels" (list . "agent") | fromYaml -}}
+{{- $parts := list -}}
+{{- range $k, $v := $labels }}{{ $parts = append $parts (printf "%s=%s" $k $v) }}{{ end -}}
+{{- join "," $parts -}}
+{{- end }}
