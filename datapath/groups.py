@@ -64,12 +64,15 @@ def _protocol(group: str) -> int:
 class GroupChange:
     """Members of one group. Peer groups' members are addresses; named
     ports' are (address, port). `replace`: `add` is the whole membership;
-    `drop`: the group is no longer wanted on this node."""
+    `drop`: the group is no longer wanted on this node. `seq`: when the
+    program source computed it; a change older than the last one applied to
+    its group is stale and ignored (0: always applied)."""
     group: str
     add: tuple = ()
     remove: tuple = ()
     replace: bool = False
     drop: bool = False
+    seq: int = dataclasses.field(default=0, compare=False)   # metadata, not content
 
 
 Writes = dict[str, dict[bytes, bytes | None]]      # map name -> key -> value (None: delete)
@@ -85,6 +88,7 @@ class NodeGroups:
         self._of: dict[str, dict] = {PEER: {}, PORT: {}}  # member key -> groups holding it
         self._used: dict[str, set[int]] = {PEER: set(), PORT: set()}
         self._local: set[str] = set()                     # kept by the agent itself (HOST)
+        self._seq: dict[str, int] = {}                    # group -> seq of the last change applied
 
     # -- numbering -----------------------------------------------------------------
 
@@ -206,6 +210,10 @@ class NodeGroups:
         touched: dict[str, set] = {PEER: set(), PORT: set()}
         for c in changes:
             kind = kind_of(c.group)
+            if c.seq:
+                if c.seq < self._seq.get(c.group, 0):
+                    continue                  # overtaken by a newer change on the way
+                self._seq[c.group] = c.seq
             old = self._members.get(c.group, frozenset())
             if c.drop:
                 new = frozenset()

@@ -338,6 +338,15 @@ def _sync(data: dict, echo: Echo) -> None:
     data["pushes"] = answer["pushes"]
     if not answer["synced"]:
         raise LabError("not every pod's program is loaded on its agent: " + "; ".join(answer["failures"]))
+    # And what the agents hold is what the lab's own model compiles to: group
+    # members included, which hand-offs racing each other can leave stale
+    # until the reconcile loop repairs them.
+    want = agents.wanted(data)
+    deadline = time.monotonic() + 60
+    while (why := agents.unsettled(data, want)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if why:
+        raise LabError("the agents do not hold what the lab's model compiles to: " + "; ".join(why[:10]))
     _echo_pushes(data, echo, "every program Loaded", "controller")
 
 

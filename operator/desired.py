@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from collections.abc import Iterable
 
 from tailor.datapath import groups as node_groups
@@ -143,7 +144,7 @@ class Desired:
         for gid in sorted(tested):
             if gid not in held:
                 held[gid] = members.members(gid)
-                out.append(node_groups.GroupChange(gid, tuple(sorted(held[gid], key=str)), replace=True))
+                out.append(_change(gid, tuple(sorted(held[gid], key=str)), replace=True))
         return tuple(out)
 
     def _plan_groups(self, members, changed: set[str]) -> list[Push]:
@@ -165,7 +166,7 @@ class Desired:
                 held.clear()
                 held.update({g: members.members(g) for g in wanted})
                 out.append(Push(GROUPS, "", node, full=True, groups=tuple(
-                    node_groups.GroupChange(g, tuple(sorted(m, key=str)), replace=True)
+                    _change(g, tuple(sorted(m, key=str)), replace=True)
                     for g, m in sorted(held.items()))))
                 continue
             changes = []
@@ -173,7 +174,7 @@ class Desired:
                 if gid in unwanted:
                     del held[gid]
                     uses.pop(gid, None)
-                    changes.append(node_groups.GroupChange(gid, drop=True))
+                    changes.append(_change(gid, drop=True))
                     dropped = True
                     continue
                 now, before = members.members(gid), held[gid]
@@ -185,7 +186,7 @@ class Desired:
                         tuple(sorted(now - before, key=str)), tuple(sorted(before - now, key=str)))
                 held[gid] = now
                 if diffs[key] is not None:
-                    changes.append(node_groups.GroupChange(gid, *diffs[key]))
+                    changes.append(_change(gid, *diffs[key]))
             if changes:
                 out.append(Push(GROUPS, "", node, groups=tuple(changes)))
         self._full.clear()
@@ -229,7 +230,7 @@ class Desired:
         out = []
         for gid in sorted(tested):
             held[gid] = memberships.members(gid)
-            out.append(node_groups.GroupChange(gid, tuple(sorted(held[gid], key=str)), replace=True))
+            out.append(_change(gid, tuple(sorted(held[gid], key=str)), replace=True))
         return tuple(out)
 
     def sent_to(self, node: str) -> dict[str, str]:
@@ -249,6 +250,18 @@ class Desired:
     def last_hash(self, pod: str) -> str | None:
         sent = self._sent.get(pod)
         return sent.hash if sent else None
+
+
+_last_seq = 0
+
+
+def _change(*args, **kwargs) -> node_groups.GroupChange:
+    """A GroupChange stamped with when it was computed: microseconds of wall
+    time (it must keep increasing across operator restarts), never twice the
+    same, so a node can tell the newer of two that crossed on the way."""
+    global _last_seq
+    _last_seq = max(_last_seq + 1, time.time_ns() // 1000)
+    return node_groups.GroupChange(*args, **kwargs, seq=_last_seq)
 
 
 def _find(state: ClusterState, ref: str):

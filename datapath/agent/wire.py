@@ -143,7 +143,7 @@ def _group_relocation(direction: str, insns: list[isa.Insn], i: int | None, rel)
 def group_changes_to_proto(changes: Iterable[G.GroupChange]) -> list[pb.GroupChange]:
     out = []
     for c in changes:
-        msg = pb.GroupChange(group=c.group, replace=c.replace, drop=c.drop)
+        msg = pb.GroupChange(group=c.group, replace=c.replace, drop=c.drop, seq=c.seq)
         if G.kind_of(c.group) == G.PEER:
             msg.add.extend(sorted(c.add))
             msg.remove.extend(sorted(c.remove))
@@ -167,7 +167,7 @@ def group_changes_from_proto(msgs: Iterable[pb.GroupChange]) -> tuple[G.GroupCha
             remove = tuple((e.address, e.port) for e in m.remove_endpoints)
             if m.add or m.remove:
                 raise ValueError(f"group {m.group}: a named port's members are endpoints, not addresses")
-        out.append(G.GroupChange(m.group, add, remove, m.replace, m.drop))
+        out.append(G.GroupChange(m.group, add, remove, m.replace, m.drop, m.seq))
     return tuple(out)
 
 

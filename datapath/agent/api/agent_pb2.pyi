@@ -101,7 +101,7 @@ class NamedEndpoint(_message.Message):
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class GroupChange(_message.Message):
-    __slots__ = ("group", "add", "remove", "add_endpoints", "remove_endpoints", "replace", "drop")
+    __slots__ = ("group", "add", "remove", "add_endpoints", "remove_endpoints", "replace", "drop", "seq")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     ADD_FIELD_NUMBER: _ClassVar[int]
     REMOVE_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class GroupChange(_message.Message):
     REMOVE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     group: str
     add: _containers.RepeatedScalarFieldContainer[str]
     remove: _containers.RepeatedScalarFieldContainer[str]
@@ -116,7 +117,8 @@ class GroupChange(_message.Message):
     remove_endpoints: _containers.RepeatedCompositeFieldContainer[NamedEndpoint]
     replace: bool
     drop: bool
-    def __init__(self, group: _Optional[str] = ..., add: _Optional[_Iterable[str]] = ..., remove: _Optional[_Iterable[str]] = ..., add_endpoints: _Optional[_Iterable[_Union[NamedEndpoint, _Mapping]]] = ..., remove_endpoints: _Optional[_Iterable[_Union[NamedEndpoint, _Mapping]]] = ..., replace: _Optional[bool] = ..., drop: _Optional[bool] = ...) -> None: ...
+    seq: int
+    def __init__(self, group: _Optional[str] = ..., add: _Optional[_Iterable[str]] = ..., remove: _Optional[_Iterable[str]] = ..., add_endpoints: _Optional[_Iterable[_Union[NamedEndpoint, _Mapping]]] = ..., remove_endpoints: _Optional[_Iterable[_Union[NamedEndpoint, _Mapping]]] = ..., replace: _Optional[bool] = ..., drop: _Optional[bool] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class PodProgram(_message.Message):
     __slots__ = ("pod", "addresses", "hash", "features", "ingress", "egress", "maps", "groups")
