@@ -49,7 +49,11 @@ def register(sub) -> None:
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve /metrics on this port")
     p.add_argument("--attach-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long a CNI ADD waits for the pod's program (default %(default)s)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)")
     p.set_defaults(func=_run)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _run(args) -> int:
@@ -57,7 +61,7 @@ def _run(args) -> int:
 
     from tailor.datapath.agent.node import addresses
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
     try:
         node_ips = addresses.parse(args.node_ip)
         for c in args.non_masquerade_cidr + args.pod_cidr:

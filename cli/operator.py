@@ -50,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--agent-selector", metavar="K=V,...",
                    help="the labels of the node agents' pods (default: the chart's, "
                         "app.kubernetes.io/name=tailor,app.kubernetes.io/component=agent)")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging (--log-level debug)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="(default %(default)s)")
     p.set_defaults(func=_run)
 
 
@@ -84,7 +86,7 @@ def _run(args) -> int:
         except ValueError as e:
             print(f"tailor operator: --agent-selector: {e}", file=sys.stderr)
             return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = config.Config(
         namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig, source_listen=args.source_listen,

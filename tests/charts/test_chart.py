@@ -292,7 +292,7 @@ async def test_install_renders_the_agent_daemonset():
     assert agent_script(ds) == (
         'exec tailor agent --node "$NODE_NAME" --backend kernel --listen 0.0.0.0:9501 '
         "--socket /run/tailor/cni.sock --program-source tailor-operator.kube-system.svc:9502 "
-        "--metrics-port 9503 --attach-timeout 10 --routing auto --masquerade "
+        "--metrics-port 9503 --attach-timeout 10 --log-level info --routing auto --masquerade "
         "$$(sed 's/^/--pod-cidr=/' /run/tailor/pod-cidrs)")
     assert {m["mountPath"] for m in agent["volumeMounts"]} >= {"/sys/fs/bpf", "/run/tailor", "/var/lib/tailor"}
     assert {(p["name"], p["containerPort"]) for p in agent["ports"]} == {("grpc", 9501), ("metrics", 9503)}
@@ -321,7 +321,7 @@ async def test_install_renders_operator_rbac_and_cni_config():
     assert operator["command"] == ["tailor", "operator", "--source-listen", "0.0.0.0:9502", "--peering", "tailor",
                                    "--agent-selector", "app.kubernetes.io/component=agent,"
                                    "app.kubernetes.io/instance=tailor,app.kubernetes.io/name=tailor",
-                                   "--metrics-port", "9504"]
+                                   "--metrics-port", "9504", "--log-level", "info"]
     assert peering["kind"] == "ClusterKopfPeering"
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("source", 9502), ("metrics", 9504)}
 
@@ -415,3 +415,24 @@ async def test_the_operator_finds_the_agents_the_chart_runs():
     assert world.agent_address("node-1") == "192.168.77.1:9501"
     # The operator's default is the chart's labels of any release.
     assert events.World().agent_selector.items() <= selector.items()
+
+
+@pytest.mark.operator
+@pytest.mark.asyncio
+@pytest.mark.parametrize("values, named", [
+    ({"agent": {"routing": "bgp"}}, "routing"),
+    ({"agent": {"logLevel": "loud"}}, "logLevel"),
+    ({"ports": {"agentGrpc": 70000}}, "agentGrpc"),
+    ({"agnet": {"backend": "kernel"}}, "agnet"),
+])
+async def test_install_refuses_bad_values_by_name(values, named):
+    """values.schema.json: a value the chart cannot use, or a misspelt key, is
+    refused at install with the field named — never rendered into a broken pod."""
+    needs_helm()
+    async with kubectl_harness.kube(tailor=False) as kube:
+        env = dict(os.environ, HELM_DRIVER="memory")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", INSTALL, str(kube.kubeconfig), str(CHART), json.dumps(values),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode != 0 and named in err.decode(), err.decode()[-2000:]
