@@ -281,3 +281,49 @@ def test_cni_attach_asks_the_program_source_and_retries(tmp_path, programs):
         client.close()
         src.stop(None)
         c.stop()
+
+
+def _svc(address, port, backends, protocol=6):
+    return pb.ServiceEntry(address=address, port=port, protocol=protocol, service="app/web",
+                           backends=[pb.ServiceBackend(address=a, port=p) for a, p in backends])
+
+
+def test_set_services_holds_exactly_the_table_and_its_digest(agent):
+    from tailor.datapath import layout
+    from tailor.datapath import services as node_services
+
+    c, stub = agent
+    assert stub.List(pb.ListRequest()).services_digest == ""          # none yet: the source sends one
+    first = [_svc("10.96.0.10", 80, [("10.1.0.5", 8080), ("10.1.0.6", 8080)]), _svc("fd00:96::a", 53, [], 17)]
+    answer = stub.SetServices(pb.SetServicesRequest(services=first))
+    assert answer.services == 2 and answer.digest == stub.List(pb.ListRequest()).services_digest
+    maps = c.backend.node_maps
+    key = layout.pack_service_key("10.96.0.10", 80, 6)
+    sid, count, _, _ = layout.SERVICE.unpack(maps["svc4"].lookup(key))
+    assert count == 2 and maps["backends4"].lookup(layout.BACKEND_KEY.pack(sid, 1)) == \
+        layout.pack_target("10.1.0.6", 8080)
+    # One backend left: the count shrinks and the stale slot goes; the id stays.
+    stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.10", 80, [("10.1.0.5", 8080)])]))
+    assert layout.SERVICE.unpack(maps["svc4"].lookup(key))[:2] == (sid, 1)
+    assert maps["backends4"].lookup(layout.BACKEND_KEY.pack(sid, 1)) is None
+    assert maps["svc6"].lookup(layout.pack_service_key("fd00:96::a", 53, 17)) is None
+    # An agent restarted over maps an earlier process filled (pins outlive it):
+    # its first table clears what that one does not name.
+    c.backend.services = None
+    maps["svc4"].update(layout.pack_service_key("10.96.9.9", 9, 6), layout.pack_service(99, 1))
+    stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.11", 81, [("10.1.0.7", 81)])]))
+    assert {k for k, _ in maps["svc4"].items()} == {layout.pack_service_key("10.96.0.11", 81, 6)}
+    assert stub.List(pb.ListRequest()).services_digest == node_services.digest(
+        [node_services.ServiceEntry("10.96.0.11", 81, 6, (("10.1.0.7", 81),))])
+
+
+def test_set_services_refuses_a_bad_entry_by_name_and_changes_nothing(agent):
+    c, stub = agent
+    stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.10", 80, [("10.1.0.5", 8080)])]))
+    before = stub.List(pb.ListRequest()).services_digest
+    for bad in ([_svc("10.96.0.300", 80, [])], [_svc("10.96.0.10", 80, [("fd00::1", 80)])],
+                [_svc("10.96.0.10", 80, [], protocol=1)]):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.SetServices(pb.SetServicesRequest(services=bad))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "app/web" in e.value.details()
+    assert stub.List(pb.ListRequest()).services_digest == before
