@@ -97,7 +97,7 @@ def start(config: Config) -> Running:
         if config.metrics_port is not None:
             metrics_server = agent_metrics.serve(config.metrics_port)
             started.append(metrics_server.shutdown)
-        cni_server = _cni_server(config, agent, node_network.pod_mtu(node_addresses)) \
+        cni_server = _cni_server(config, agent, node_network.pod_mtu(node_addresses), node_network) \
             if config.socket else None
     except BaseException:
         for stop in reversed(started):
@@ -109,13 +109,17 @@ def start(config: Config) -> Running:
                    len(adopted))
 
 
-def _cni_server(config: Config, agent: core.Core, mtu: int | None = None):
+def _cni_server(config: Config, agent: core.Core, mtu: int | None = None, network=None):
     """The CNI socket: the plugin's ADD/DEL/CHECK/STATUS/GC, handled with
     this node's IPAM and veth wiring (pods' MTU `mtu`: the overlay's) and
     the core's attach/detach."""
     from tailor.datapath.agent.cni import handler, ipam, server as cni_server, wiring
 
-    node_ipam = ipam.Ipam.from_cidrs(os.path.join(config.state, "ipam"), config.pod_cidrs)
+    # Without --pod-cidr: what the node table (restored, or the next SetNodes) says.
+    learnt = network.pod_cidrs if network is not None else ()
+    node_ipam = ipam.Ipam.from_cidrs(os.path.join(config.state, "ipam"), config.pod_cidrs or learnt)
+    if network is not None and network.learn_pod_cidrs:
+        network.on_pod_cidrs = node_ipam.set_cidrs
     cni = handler.CniHandler(node_ipam, wiring.Wiring(mtu), attach=agent.attach_pod,
                              detach=agent.detach_pod, ready=agent.ready)
     srv = cni_server.CniSocketServer(config.socket, cni)

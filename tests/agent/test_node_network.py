@@ -191,3 +191,35 @@ def test_native_routing_refuses_a_node_off_link(two_subnets):
     b = ClusterNode("b", ("10.77.2.2",), ("10.244.2.0/24",))
     answer = apply(ns["a"], "a", [a, b], mode="native")
     assert answer["routes"] == 0 and "node b: 10.77.2.2 is not on any subnet" in answer["problems"][0]
+
+
+LEARN = textwrap.dedent("""
+    import json
+    from tailor.datapath.agent.cni import ipam
+    from tailor.datapath.agent.node import network, routes
+    net = network.NodeNetwork("n1", mode="off", masquerade=True)
+    pool = ipam.Ipam.from_cidrs("STATE", [])
+    net.on_pod_cidrs = pool.set_cidrs
+    before = [str(r) for rs in pool.rangesets for r in rs]
+    net.apply([routes.ClusterNode("n1", ("192.168.77.1",), ("10.244.1.0/24", "fd00:10:244:1::/64")),
+               routes.ClusterNode("n2", ("192.168.77.2",), ("10.244.2.0/24",))], [])
+    got = pool.allocate("c1", "eth0")
+    print(json.dumps({"before": before, "learnt": list(net.pod_cidrs),
+                      "allocated": [str(a.address) for a in got]}))
+""")
+
+
+@pytest.mark.kernel
+def test_an_agent_without_pod_cidrs_takes_its_nodes_from_the_node_table(tmp_path):
+    """No --pod-cidr (the chart's default): the node's own spec.podCIDRs, as
+    the operator's SetNodes carries them, become the IPAM's ranges and what
+    the masquerade covers."""
+    ns = "tnl-learn"
+    sh("ip", "netns", "add", ns)
+    try:
+        out = json.loads(in_ns(ns, sys.executable, "-c", LEARN.replace("STATE", str(tmp_path / "ipam"))))
+        assert out["before"] == [] and out["learnt"] == ["10.244.1.0/24", "fd00:10:244:1::/64"]
+        assert out["allocated"][0].startswith("10.244.1.") and out["allocated"][1].startswith("fd00:10:244:1:")
+        assert "10.244.1.0/24" in in_ns(ns, "nft", "list", "table", "ip", "tailor-nat")
+    finally:
+        sh("ip", "netns", "delete", ns, check=False)

@@ -169,7 +169,7 @@ def test_values_defaults():
     assert values["ports"] == {"agentGrpc": 9501, "operatorSource": 9502, "metrics": 9503, "operatorMetrics": 9504}
     assert values["agent"]["backend"] in ("kernel", "emulated")
     assert values["operator"]["replicas"] == 2 and values["operator"]["peering"] == "tailor"
-    assert values["podCIDRs"]["source"] in ("annotation", "values")
+    assert values["podCIDRs"]["source"] == "node"
 
 
 # --- Helm: show, lint, package ------------------------------------------------
@@ -292,8 +292,9 @@ async def test_install_renders_the_agent_daemonset():
     assert agent_script(ds) == (
         'exec tailor agent --node "$NODE_NAME" --backend kernel --listen 0.0.0.0:9501 '
         "--socket /run/tailor/cni.sock --program-source tailor-operator.kube-system.svc:9502 "
-        "--metrics-port 9503 --attach-timeout 10 --log-level info --routing auto --masquerade "
-        "$$(sed 's/^/--pod-cidr=/' /run/tailor/pod-cidrs)")
+        "--metrics-port 9503 --attach-timeout 10 --log-level info --routing auto --masquerade")
+    # Pod CIDRs from the Node (the node table): no init container calls the API.
+    assert [c["name"] for c in pod["initContainers"]] == ["install-cni"]
     assert {m["mountPath"] for m in agent["volumeMounts"]} >= {"/sys/fs/bpf", "/run/tailor", "/var/lib/tailor"}
     assert {(p["name"], p["containerPort"]) for p in agent["ports"]} == {("grpc", 9501), ("metrics", 9503)}
     install_cni = pod["initContainers"][0]
@@ -311,7 +312,8 @@ async def test_install_renders_operator_rbac_and_cni_config():
         release = await install(kube)
         deployment = rendered(kube, "apps/v1/deployments", "tailor-operator")
         operator_role = rendered(kube, "rbac.authorization.k8s.io/v1/clusterroles", "tailor-operator", None)
-        agent_role = rendered(kube, "rbac.authorization.k8s.io/v1/clusterroles", "tailor-agent", None)
+        kube_keys = list(kube.emulator.objects)
+        agent_roles = [k for k in kube_keys if "rbac.authorization.k8s.io" in str(k[0]) and k[2] == "tailor-agent"]
         configmap = rendered(kube, "v1/configmaps", "tailor-agent")
         service = rendered(kube, "v1/services", "tailor-operator")
         lease_role = rendered(kube, "rbac.authorization.k8s.io/v1/roles", "tailor-operator")
@@ -341,7 +343,8 @@ async def test_install_renders_operator_rbac_and_cni_config():
     assert allowed(operator_role, "tailor.dev", "podprograms/status") >= {"patch"}
     assert allowed(operator_role, "", "events") >= {"create"}
     assert allowed(operator_role, "kopf.dev", "clusterkopfpeerings") >= {"get", "list", "watch", "patch"}
-    assert allowed(agent_role, "", "nodes") == {"get", "patch"}
+    assert agent_roles == []                          # the agents hold no API rights
+    assert [k for k in kube_keys if "rbac.authorization.k8s.io" in str(k[0]) and k[2] == "tailor-operator"]
     assert allowed(lease_role, "coordination.k8s.io", "leases") >= {"get", "create", "update"}
 
     conflist = json.loads(configmap["data"]["05-tailor.conflist"])

@@ -178,8 +178,11 @@ class CniHandler:
             raise CniFailure(code, "tailor agent is not ready", readiness.reason)
         ipam = self._ipam(request["config"])
         if not ipam.rangesets:
-            raise CniFailure(protocol.ERR_NOT_AVAILABLE, "no pod CIDR configured",
-                             "give the agent its node's pod CIDRs or set ipam.ranges")
+            raise CniFailure(protocol.ERR_NOT_AVAILABLE, "no pod CIDR known yet",
+                             "the agent takes its node's from the Node's spec.podCIDRs in the "
+                             "operator's node table, which has not arrived (or the Node has none: "
+                             "kube-controller-manager --allocate-node-cidrs); or give it --pod-cidr, "
+                             "or set ipam.ranges")
         empty = [subnet for subnet, n in ipam.free().items() if n == 0]
         if empty:
             raise CniFailure(protocol.ERR_NOT_AVAILABLE, "no free pod address",

@@ -127,6 +127,11 @@ class Ipam:
         """The agent's flags: one CIDR per family, e.g. 10.244.1.0/24 and fd00:10:244:1::/64."""
         return cls(state_dir, [[Range.parse(c)] for c in cidrs])
 
+    def set_cidrs(self, cidrs: Iterable[str]) -> None:
+        """The node's pod CIDRs, learnt after start (from the node table):
+        allocations already made stay where they are."""
+        self.rangesets = [[Range.parse(c)] for c in cidrs]
+
     def with_ranges(self, rangesets: Sequence[Sequence[Range]]) -> Ipam:
         """The same state over other ranges (a netconf's own `ipam.ranges`)."""
         return Ipam(self.state_dir, rangesets)

@@ -5,7 +5,10 @@ masquerade of pod traffic leaving the cluster.
 Called by the core for SetNodes (the whole truth each time: apply() makes
 the kernel agree with it, removing what it no longer names) and at start
 (restore(): the last SetNodes, from the state dir, so a restarted agent
-keeps routing before the program source calls again).
+keeps routing before the program source calls again). An agent given no
+--pod-cidr takes its node's own from the table (its Node's spec.podCIDRs, as
+kube-controller-manager, kubeadm and kind allocate them) and hands them to
+`on_pod_cidrs` (the IPAM).
 
 What it owns, and nothing else:
   - routes with protocol RTPROT_TAILOR (116) in the main table, both families;
@@ -58,6 +61,9 @@ class NodeNetwork:
         self.mode = mode
         self.masquerade = masquerade
         self.pod_cidrs = tuple(pod_cidrs)
+        # No CIDRs given: learn them from this node's entry in the node table.
+        self.learn_pod_cidrs = not self.pod_cidrs
+        self.on_pod_cidrs = lambda cidrs: None
         self.exempt = tuple(str(ipaddress.ip_network(c)) for c in exempt)
         self.state_dir = state_dir
         self.digest = ""
@@ -86,6 +92,12 @@ class NodeNetwork:
         """Make the kernel agree with `nodes`; returns how many routes are in
         force. Raises NetworkError naming what the kernel refused."""
         cluster_cidrs = [str(ipaddress.ip_network(c)) for c in cluster_cidrs]
+        if self.learn_pod_cidrs:
+            own = next((n.pod_cidrs for n in nodes if n.name == self.node), ())
+            if own and tuple(own) != self.pod_cidrs:
+                log.info("node %s: pod CIDRs %s, from its Node", self.node, ", ".join(own))
+                self.pod_cidrs = tuple(own)
+                self.on_pod_cidrs(self.pod_cidrs)
         with self._lock:
             from pyroute2 import IPRoute
 
