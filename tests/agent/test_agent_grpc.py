@@ -7,6 +7,8 @@ import threading
 import time
 from concurrent import futures
 
+import struct
+
 import grpc
 import pytest
 
@@ -327,3 +329,27 @@ def test_set_services_refuses_a_bad_entry_by_name_and_changes_nothing(agent):
             stub.SetServices(pb.SetServicesRequest(services=bad))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "app/web" in e.value.details()
     assert stub.List(pb.ListRequest()).services_digest == before
+
+
+def test_a_removed_backend_takes_its_translations_and_affinities_with_it(agent):
+    """A resolver reusing its source port must not keep reaching a CoreDNS
+    pod that is gone: the node's nat and affinity entries leading there go
+    with the backend; those to a backend that stays are kept."""
+    from tailor.datapath import layout
+
+    c, stub = agent
+    both = [("10.1.0.5", 53), ("10.1.0.6", 53)]
+    stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.10", 53, both, 17)]))
+    maps = c.backend.node_maps
+    out = {b: layout.pack_ct_key(4, "10.1.0.9", "10.96.0.10", 40000 + i, 53, 17, "egress")[:13]
+           + bytes([layout.SVC_OUT, 0, 0]) for i, b in enumerate(both)}
+    back = {b: layout.pack_ct_key(4, b[0], "10.1.0.9", 53, 40000 + i, 17, "egress")[:13]
+            + bytes([layout.SVC_BACK, 0, 0]) for i, b in enumerate(both)}
+    for b in both:
+        maps["nat4"].update(out[b], layout.pack_target(*b))
+        maps["nat4"].update(back[b], layout.pack_target("10.96.0.10", 53))
+        maps["affinity4"].update(struct.pack("<I", 1) + layout.pack_addr(f"10.1.0.{7 + both.index(b)}"),
+                                 struct.pack("<Q", 1) + layout.pack_target(*b))
+    stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.10", 53, both[:1], 17)]))
+    assert {k for k, _ in maps["nat4"].items()} == {out[both[0]], back[both[0]]}
+    assert [v[8:] for _, v in maps["affinity4"].items()] == [layout.pack_target(*both[0])]

@@ -252,6 +252,7 @@ class Backend(abc.ABC):
         with self._lock:
             first = self.services is None
             table = S.ServiceTable() if first else self.services
+            before = {b for e in table.entries() for b in e.backends}
             try:
                 writes = table.set(entries)
             except ValueError as e:
@@ -270,6 +271,9 @@ class Backend(abc.ABC):
                         if key not in kept[name]:
                             maps[name].delete(key)
             self.services = table
+            gone = before - {b for e in table.entries() for b in e.backends}
+            if gone:
+                _forget_backends(maps, gone)
             return len(table.entries())
 
     def services_digest(self) -> str:
@@ -393,6 +397,34 @@ def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:
     `run(key, direction, frame) -> (retval, frame after)`."""
     allowed, steps = trace.walk(run, (src.key, src.mac), (dst.key, dst.mac), flow)
     return TraceResult(allowed, tuple(TraceStep(s.pod, s.direction, s.retval) for s in steps))
+
+
+def _forget_backends(maps: dict, gone: set[tuple[str, int]]) -> int:
+    """Drop the translations and ClientIP affinities that lead to a backend
+    no Service has any more: a client reusing a connection's addresses and
+    ports (a resolver's, a pool's) would otherwise keep reaching a pod that
+    is gone until the entry aged out. Returns how many went."""
+    dropped = 0
+    for family in (4, 6):
+        a = layout.addr_len(family)
+        f = layout.key_fields(family)
+        targets = {layout.pack_target(addr, port) for addr, port in gone
+                   if ipaddress.ip_address(addr).version == family}
+        if not targets:
+            continue
+        nat = maps[layout.NAT_MAPS[family].name]
+        for key, value in list(nat.items()):
+            if key[f["dir"]] == layout.SVC_OUT:
+                stale = value[:a + 4] in targets
+            else:               # SVC_BACK: the backend is the reply's source
+                stale = key[:a] + key[f["sport"]:f["sport"] + 2] + b"\0\0" in targets
+            if stale:
+                dropped += bool(nat.delete(key))
+        affinity = maps[layout.AFFINITY_MAPS[family].name]
+        for key, value in list(affinity.items()):
+            if value[8:8 + a + 4] in targets:
+                dropped += bool(affinity.delete(key))
+    return dropped
 
 
 def scratch_node_maps(live: dict, create: Callable) -> dict:
