@@ -64,6 +64,21 @@ class ServiceTable:
     def entries(self) -> list[ServiceEntry]:
         return sorted(self._held.values())
 
+    def copy(self) -> "ServiceTable":
+        out = ServiceTable()
+        out._held, out._ids, out._next = dict(self._held), dict(self._ids), self._next
+        return out
+
+    def adopt(self, ids: dict[tuple[str, int, int], int]) -> None:
+        """The ids an earlier process gave the Services its pinned svc maps
+        still hold: a Service keeps its id across an agent restart (its
+        clients' affinity entries name it), and no new one takes an old id."""
+        self._ids.update(ids)
+        self._next = max([self._next, *(i + 1 for i in ids.values())])
+
+    def id_of(self, key: tuple[str, int, int]) -> int | None:
+        return self._ids.get(key)
+
     def digest(self) -> str:
         return digest(self._held.values())
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from tailor.datapath.ebpf.builder import Builder, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10
 from tailor.datapath.ebpf.helper_ids import Helper
+from tailor.datapath.ebpf.maps import BPF_NOEXIST
 from tailor.datapath import layout
 from tailor.operator.compiler import labels
 from tailor.operator.compiler.spec import Services
@@ -127,7 +128,15 @@ def translate(b: Builder, family: int, frame: layout.Frame, use: Services, drop:
             b.store(8, R10, frame.target, R0)
             b.map_update(affinity, frame.np_key, frame.target, 0)
             b.label(L("no_affinity"))
-        b.map_update(nat, key, target, 0)
+        # Two CPUs may see a connection's first packets at once: the first
+        # choice made stands, and the other takes it.
+        b.map_update(nat, key, target, BPF_NOEXIST)
+        b.jeq(R0, 0, L("chosen"))
+        b.map_lookup(nat, key)
+        b.jeq(R0, 0, L("lost"))
+        _copy(b, R0, 0, target, a + 4)
+        b.jump(L("rewrite"))
+        b.label(L("chosen"))
         # The reply's key: from the backend to the client, with the Service
         # address and port as its value.
         _copy(b, R10, target, frame.rkey + f["saddr"], a)
@@ -209,12 +218,13 @@ def _rewrite(b: Builder, family: int, frame: layout.Frame, use: Services, addr: 
             b.load(4, R4, R10, new)
             b.mov64(R5, 4)
             b.call(Helper.l3_csum_replace)
+            b.jne(R0, 0, drop)                  # never a half-rewritten packet
         # The L4 checksums cover the addresses through the pseudo header.
         for proto in covered:
             b.jne(R7, proto, L(f"csum{proto}"))
             mangled = BPF_F_MARK_MANGLED_0 if proto == UDP else 0
             if family == 4:
-                _l4_csum(b, CSUM_OFFSET[proto], BPF_F_PSEUDO_HDR | mangled | 4, (4, old, new))
+                _l4_csum(b, CSUM_OFFSET[proto], BPF_F_PSEUDO_HDR | mangled | 4, (4, old, new), drop)
             else:
                 b.mov64(R1, R10)
                 b.add64(R1, old)
@@ -225,19 +235,19 @@ def _rewrite(b: Builder, family: int, frame: layout.Frame, use: Services, addr: 
                 b.mov64(R5, 0)
                 b.call(Helper.csum_diff)
                 b.mov64(R4, R0)
-                _l4_csum(b, CSUM_OFFSET[proto], BPF_F_PSEUDO_HDR | mangled, None)
+                _l4_csum(b, CSUM_OFFSET[proto], BPF_F_PSEUDO_HDR | mangled, None, drop)
             # The port is in the L4 header, not the pseudo header.
-            _l4_csum(b, CSUM_OFFSET[proto], mangled | 2, (2, frame.key + f[port], new + a))
+            _l4_csum(b, CSUM_OFFSET[proto], mangled | 2, (2, frame.key + f[port], new + a), drop)
             b.label(L(f"csum{proto}"))
-        _store_bytes(b, None, ip_field, new, a)
+        _store_bytes(b, None, ip_field, new, a, drop)
         if covered:
             if SCTP in use.protocols:
                 b.jeq(R7, SCTP, L("port_done"))     # SCTP backends keep the Service's port
-            _store_bytes(b, R9, 2 if port == "dport" else 0, new + a, 2)
+            _store_bytes(b, R9, 2 if port == "dport" else 0, new + a, 2, drop)
             b.label(L("port_done"))
 
 
-def _l4_csum(b: Builder, offset: int, flags: int, values: tuple[int, int, int] | None) -> None:
+def _l4_csum(b: Builder, offset: int, flags: int, values: tuple[int, int, int] | None, drop: str) -> None:
     """bpf_l4_csum_replace at r9+offset: from and to loaded from the stack
     (values: (size, old offset, new offset)), or, with None, a csum_diff
     result already in r4."""
@@ -252,9 +262,10 @@ def _l4_csum(b: Builder, offset: int, flags: int, values: tuple[int, int, int] |
         b.load(size, R4, R10, new)
     b.mov64(R5, flags)
     b.call(Helper.l4_csum_replace)
+    b.jne(R0, 0, drop)
 
 
-def _store_bytes(b: Builder, base, offset: int, src: int, n: int) -> None:
+def _store_bytes(b: Builder, base, offset: int, src: int, n: int, drop: str) -> None:
     """bpf_skb_store_bytes of n stack bytes at src to (base register +)
     offset in the packet."""
     b.mov64(R1, R6)
@@ -269,3 +280,4 @@ def _store_bytes(b: Builder, base, offset: int, src: int, n: int) -> None:
     b.mov64(R4, n)
     b.mov64(R5, 0)
     b.call(Helper.skb_store_bytes)
+    b.jne(R0, 0, drop)

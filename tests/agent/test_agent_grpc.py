@@ -353,3 +353,25 @@ def test_a_removed_backend_takes_its_translations_and_affinities_with_it(agent):
     stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.10", 53, both[:1], 17)]))
     assert {k for k, _ in maps["nat4"].items()} == {out[both[0]], back[both[0]]}
     assert [v[8:] for _, v in maps["affinity4"].items()] == [layout.pack_target(*both[0])]
+
+
+def test_a_restarted_agent_keeps_each_services_id_and_its_clients_affinity(agent):
+    """Ids come back from the pinned svc maps: a Service keeps its own, the
+    affinity entries that name it stay, and a new Service takes a fresh one."""
+    from tailor.datapath import layout
+
+    c, stub = agent
+    web = _svc("10.96.0.10", 80, [("10.1.0.5", 8080)])
+    stub.SetServices(pb.SetServicesRequest(services=[_svc("10.96.0.9", 80, [("10.1.0.4", 80)]), web]))
+    maps = c.backend.node_maps
+    key = layout.pack_service_key("10.96.0.10", 80, 6)
+    sid = layout.SERVICE.unpack(maps["svc4"].lookup(key))[0]
+    ids_before = {layout.SERVICE.unpack(v)[0] for _, v in maps["svc4"].items()}
+    sticky = struct.pack("<I", sid) + layout.pack_addr("10.1.0.9")
+    maps["affinity4"].update(sticky, struct.pack("<Q", 1) + layout.pack_target("10.1.0.5", 8080))
+    c.backend.services = None                      # a new process over the same pinned maps
+    stub.SetServices(pb.SetServicesRequest(services=[web, _svc("10.96.0.11", 81, [("10.1.0.6", 81)])]))
+    assert layout.SERVICE.unpack(maps["svc4"].lookup(key))[0] == sid
+    assert maps["affinity4"].lookup(sticky) is not None
+    new = layout.SERVICE.unpack(maps["svc4"].lookup(layout.pack_service_key("10.96.0.11", 81, 6)))[0]
+    assert new not in ids_before                   # never the gone 10.96.0.9's id

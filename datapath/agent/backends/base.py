@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import enum
 import ipaddress
+import struct
 import threading
 from collections.abc import Callable
 
@@ -245,35 +246,45 @@ class Backend(abc.ABC):
 
     def set_services(self, entries) -> int:
         """Hold exactly this Service table (datapath.services.ServiceEntry)
-        in the node's svc and backends maps. The first table since this
-        process started also clears what an earlier process left there
-        that the table does not name (the maps outlive it when pinned).
-        Returns how many entries are in force. Raises BackendError."""
+        in the node's svc and backends maps, and drop the translations and
+        ClientIP affinities that lead to a backend its Service no longer has.
+        The first table since this process started adopts the ids an earlier
+        process left pinned and clears whatever the table does not name.
+        All or nothing: a failed write leaves the next table to resync
+        everything. Returns how many entries are in force. Raises BackendError."""
         with self._lock:
+            maps = self._node_maps()
             first = self.services is None
-            table = S.ServiceTable() if first else self.services
-            before = {b for e in table.entries() for b in e.backends}
+            if first:
+                table = S.ServiceTable()
+                table.adopt(_pinned_ids(maps))
+            else:
+                table = self.services.copy()
+            before = {e.key: set(e.backends) for e in table.entries()}
             try:
                 writes = table.set(entries)
             except ValueError as e:
                 raise BackendError(f"Services: {e}") from None
-            maps = self._node_maps()
             kept: dict[str, set[bytes]] = {name: set() for name in S.MAPS}
-            for name, key, value in writes:
-                if value is None:
-                    maps[name].delete(key)
-                else:
-                    maps[name].update(key, value)
-                    kept[name].add(key)
-            if first:
-                for name in S.MAPS:
-                    for key in list(maps[name].keys()):
-                        if key not in kept[name]:
-                            maps[name].delete(key)
-            self.services = table
-            gone = before - {b for e in table.entries() for b in e.backends}
-            if gone:
-                _forget_backends(maps, gone)
+            try:
+                for name, key, value in writes:
+                    if value is None:
+                        maps[name].delete(key)
+                    else:
+                        maps[name].update(key, value)
+                        kept[name].add(key)
+                if first:
+                    for name in S.MAPS:
+                        for key in list(maps[name].keys()):
+                            if key not in kept[name]:
+                                maps[name].delete(key)
+                self.services = table
+                after = {e.key: set(e.backends) for e in table.entries()}
+                if first or any(old - after.get(k, set()) for k, old in before.items()):
+                    _forget_backends(maps, table)
+            except KernelError as e:
+                self.services = None            # the maps are not what any table says: resync next
+                raise BackendError(f"Services: writing the node's maps failed: {e}") from None
             return len(table.entries())
 
     def services_digest(self) -> str:
@@ -399,30 +410,44 @@ def walk(run: Run, src: TraceEnd, dst: TraceEnd, flow: pk.Flow) -> TraceResult:
     return TraceResult(allowed, tuple(TraceStep(s.pod, s.direction, s.retval) for s in steps))
 
 
-def _forget_backends(maps: dict, gone: set[tuple[str, int]]) -> int:
+def _pinned_ids(maps: dict) -> dict[tuple[str, int, int], int]:
+    """{(address, port, protocol): id} from the svc maps as they are."""
+    out = {}
+    for family in (4, 6):
+        a = layout.addr_len(family)
+        for key, value in maps[layout.SVC_MAPS[family].name].items():
+            port, protocol = struct.unpack_from("!HB", key, a)
+            out[(str(ipaddress.ip_address(key[:a])), port, protocol)] = layout.SERVICE.unpack(value)[0]
+    return out
+
+
+def _forget_backends(maps: dict, table: S.ServiceTable) -> int:
     """Drop the translations and ClientIP affinities that lead to a backend
-    no Service has any more: a client reusing a connection's addresses and
-    ports (a resolver's, a pool's) would otherwise keep reaching a pod that
-    is gone until the entry aged out. Returns how many went."""
+    its Service no longer has (a client reusing a connection's addresses
+    and ports, a resolver's, would otherwise keep reaching a pod that is
+    gone, or one another Service still has), and those of Services that
+    are gone. Returns how many went."""
+    by_service = {e.key: {layout.pack_target(a, p) for a, p in e.backends} for e in table.entries()}
+    by_id = {table.id_of(k): v for k, v in by_service.items()}
     dropped = 0
     for family in (4, 6):
         a = layout.addr_len(family)
         f = layout.key_fields(family)
-        targets = {layout.pack_target(addr, port) for addr, port in gone
-                   if ipaddress.ip_address(addr).version == family}
-        if not targets:
-            continue
         nat = maps[layout.NAT_MAPS[family].name]
         for key, value in list(nat.items()):
+            proto = key[f["proto"]]
             if key[f["dir"]] == layout.SVC_OUT:
-                stale = value[:a + 4] in targets
-            else:               # SVC_BACK: the backend is the reply's source
-                stale = key[:a] + key[f["sport"]:f["sport"] + 2] + b"\0\0" in targets
-            if stale:
+                service = (str(ipaddress.ip_address(key[a:2 * a])), struct.unpack_from("!H", key, f["dport"])[0],
+                           proto)
+                target = value[:a + 4]
+            else:               # SVC_BACK: the backend is the reply's source, the value the Service
+                service = (*layout.unpack_target(family, value), proto)
+                target = key[:a] + key[f["sport"]:f["sport"] + 2] + b"\0\0"
+            if target not in by_service.get(service, ()):
                 dropped += bool(nat.delete(key))
         affinity = maps[layout.AFFINITY_MAPS[family].name]
         for key, value in list(affinity.items()):
-            if value[8:8 + a + 4] in targets:
+            if value[8:8 + a + 4] not in by_id.get(struct.unpack_from("<I", key)[0], ()):
                 dropped += bool(affinity.delete(key))
     return dropped
 
