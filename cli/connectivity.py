@@ -93,19 +93,9 @@ def _services(state, node) -> list[dict]:
                     ports, verdicts = found.setdefault((src.ref, svc.ref, port.protocol), ([], set()))
                     ports.append(port.port)
                     verdicts.add(verdict)
-    return [{"src": s, "dst": d, "protocol": p, "ports": reachability.format_ranges(_ranges(ports)),
+    return [{"src": s, "dst": d, "protocol": p, "ports": reachability.format_ranges(reachability.ranges_of(ports)),
              "backends": model_services.SOME if model_services.SOME in verdicts else model_services.ALL}
             for (s, d, p), (ports, verdicts) in sorted(found.items())]
-
-
-def _ranges(ports: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for p in sorted(set(ports)):
-        if out and out[-1][1] == p - 1:
-            out[-1] = (out[-1][0], p)
-        else:
-            out.append((p, p))
-    return out
 
 
 def _run(args) -> int:

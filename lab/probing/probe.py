@@ -50,6 +50,9 @@ TIMEOUT = 1.0
 SERVE_READY_SECONDS = 10.0
 
 
+_ranges = reachability.ranges_of
+
+
 class ProbeError(Exception):
     pass
 
@@ -569,16 +572,6 @@ def _emulated(lab: dict, pods: list[dict], ports: dict) -> set[tuple]:
         for c in channels.values():
             c.close()
     return opened
-
-
-def _ranges(ports) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for p in sorted(set(ports)):
-        if out and out[-1][1] == p - 1:
-            out[-1][1] = p
-        else:
-            out.append([p, p])
-    return [(a, b) for a, b in out]
 
 
 def _sctp_sockets() -> bool:

@@ -35,6 +35,7 @@ class NodeTable:
         self.interval = interval
         self.sends = 0
         self._held: dict[str, str] = {}          # node -> digest its agent answered
+        self._want: str | None = None            # the digest of the table last sent
         self._lock = threading.Lock()
         self._kicked = threading.Event()
         self._stop = threading.Event()
@@ -59,7 +60,7 @@ class NodeTable:
             if self._held.get(node) == digest:
                 return
             self._held[node] = digest
-        if digest != self.digest():
+        if digest != self._wanted():
             self.kick()
 
     def table(self) -> list[routes.ClusterNode]:
@@ -72,6 +73,13 @@ class NodeTable:
     # What a subclass for another node-level table changes: the request,
     # the RPC, and what the log says.
     what = "node table"
+
+    def _wanted(self) -> str:
+        """The digest agents should hold: the last round's, unless a change
+        came since (then computed afresh). A List per node per reconcile
+        round must not rebuild the whole table each time."""
+        want = self._want
+        return self.digest() if want is None or self._kicked.is_set() else want
 
     def _request(self) -> tuple[object, str, str]:
         """(the request, the digest an agent holding it answers, a summary)."""
@@ -89,7 +97,7 @@ class NodeTable:
 
     def unsettled(self) -> list[str]:
         """The agents that do not hold the current table (empty when all do)."""
-        want = self.digest()
+        want = self._wanted()
         with self._lock:
             return sorted(n for n in self.engine.agent_nodes() if self._held.get(n) != want)
 
@@ -112,6 +120,7 @@ class NodeTable:
         if not self.engine.synced:
             return False
         request, want, summary = self._request()
+        self._want = want
         flying = []
         for node in sorted(self.engine.agent_nodes()):
             with self._lock:

@@ -93,6 +93,17 @@ def _port_matches(state: ClusterState) -> Iterable[PortMatch]:
             yield from rule.ports or ()
 
 
+def ranges_of(ports) -> Ranges:
+    """Ports -> the ranges they make: [80, 81, 443] -> [(80, 81), (443, 443)]."""
+    out: list[tuple[int, int]] = []
+    for p in sorted(set(ports)):
+        if out and out[-1][1] == p - 1:
+            out[-1] = (out[-1][0], p)
+        else:
+            out.append((p, p))
+    return out
+
+
 def format_ranges(ranges: Ranges) -> str:
     """[(1, 79), (81, 65535)] -> "1-79,81-65535"; a single port prints alone."""
     return ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
