@@ -18,10 +18,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailor",
         description="tailor: a CNI and network-policy datapath that compiles one eBPF program per pod")
+    parser.add_argument("--version", action="version", version=f"tailor {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("tailor")
+    except metadata.PackageNotFoundError:   # run from a checkout never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
