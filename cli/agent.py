@@ -49,6 +49,10 @@ def register(sub) -> None:
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve /metrics on this port")
     p.add_argument("--attach-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long a CNI ADD waits for the pod's program (default %(default)s)")
+    p.add_argument("--proc-sys-net", default="/proc/sys/net", metavar="DIR",
+                   help="where the agent writes net sysctls: a container's own /proc/sys is "
+                        "read-only, so the chart mounts the host's writable elsewhere "
+                        "(default %(default)s)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)")
     p.set_defaults(func=_run)
 
@@ -78,7 +82,7 @@ def _run(args) -> int:
                            routing=args.routing, masquerade=args.masquerade,
                            non_masquerade=tuple(args.non_masquerade_cidr), state_dir=args.state_dir,
                            bpffs_root=args.bpffs_root, metrics_port=args.metrics_port,
-                           attach_timeout=args.attach_timeout)
+                           attach_timeout=args.attach_timeout, proc_sys_net=args.proc_sys_net)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -38,6 +38,10 @@ def register(sub) -> None:
     up.add_argument("--kube-proxy", action="store_true",
                     help="the nodes carry kube-proxy's nftables rules for the manifests' Services "
                          "(ClusterIPs as written, else from 10.96.0.0/16)")
+    up.add_argument("--image", metavar="IMAGE",
+                    help="run the agents (and with --control operator the operator) as containers of "
+                         "tailor's image, as the chart does (scripts/build-image.sh builds "
+                         "localhost/tailor:<version>); kernel backend, needs podman")
     _name(up)
     up.set_defaults(func=_up)
 
@@ -80,7 +84,8 @@ def _up(args) -> int:
     from tailor.lab import lab
 
     lab.up(args.filename, nodes=args.nodes, backend=args.backend, name=args.name, control=args.control,
-           underlay=args.underlay, routing=args.routing, kube_proxy=args.kube_proxy, echo=lambda line: print(line, flush=True))
+           underlay=args.underlay, routing=args.routing, kube_proxy=args.kube_proxy,
+           image=args.image, echo=lambda line: print(line, flush=True))
     return 0
 
 

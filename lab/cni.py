@@ -45,7 +45,12 @@ def installed(lab: dict) -> str:
     exe = os.path.join(lab["run_dir"], BIN_DIR, install_.NAME)
     with _installing:
         if not os.access(exe, os.X_OK):
-            install_.install(os.path.dirname(exe))
+            if lab.get("image"):   # the image's standalone executable, as the chart installs it
+                from tailor.lab import image
+
+                image.install_cni(lab, os.path.dirname(exe), install_.NAME)
+            else:
+                install_.install(os.path.dirname(exe))
     return exe
 
 

@@ -73,14 +73,17 @@ def _quiet(_: str) -> None:
 
 def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None,
        name: str = "lab", control: str = "lab", underlay: str = "switched",
-       routing: str | None = None, kube_proxy: bool = False, echo: Echo = print) -> dict:
+       routing: str | None = None, kube_proxy: bool = False, image: str | None = None,
+       echo: Echo = print) -> dict:
     """Build the lab; returns its state. `control`: "lab" (the lab's
     controller compiles and pushes) or "operator" (an API server and
     `tailor operator` do). `underlay`: "switched" (the nodes on one L2
     segment) or "routed" (each node on its own subnet behind a router);
     `routing`: the agents' --routing (default native when switched, vxlan
     when routed). `kube_proxy`: the nodes carry the nftables rules
-    kube-proxy would write for the manifests' Services (lab/kubeproxy.py)."""
+    kube-proxy would write for the manifests' Services (lab/kubeproxy.py).
+    `image`: the agents (and the operator) run as containers of tailor's
+    image instead of from the checkout (lab/image.py)."""
     from tailor.operator.cluster import manifests
     from tailor.operator.errors import ManifestError
 
@@ -97,6 +100,16 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
     if underlay == "routed" and routing == "native":
         raise LabError("a routed underlay has no L2 segment between nodes: native routing cannot "
                        "reach the other nodes' pods; use --routing vxlan or auto")
+    if image:
+        from tailor.lab import image as image_
+
+        if backend != "kernel":
+            raise LabError("--image runs the image's kernel agent in each node's namespace: it "
+                           "needs the kernel backend (root)")
+        try:
+            image_.check(image)
+        except image_.ImageError as e:
+            raise LabError(str(e)) from None
     if control == "operator":
         try:
             import kmock  # noqa: F401 - the API server's engine
@@ -130,6 +143,7 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
     data["routing"] = routing if backend == "kernel" else "off"
     data["services"] = plan_.services(cluster)
     data["kube_proxy"] = bool(kube_proxy)
+    data["image"] = image
     if kube_proxy and backend != "kernel":
         raise LabError("--kube-proxy writes nftables rules into the nodes' namespaces: it needs the "
                        "kernel backend")
@@ -140,7 +154,8 @@ def up(paths: list[str], *, nodes: int | None = None, backend: str | None = None
     state_.save(data)
     started = time.monotonic()
     echo(f"lab {name}: {len(plan.nodes)} nodes, {len(plan.pods)} pods, {backend} backend"
-         + (", tailor operator" if control == "operator" else ""))
+         + (", tailor operator" if control == "operator" else "")
+         + (f", agents{' and operator' if control == 'operator' else ''} from {image}" if image else ""))
     if backend == "emulated":
         echo("  emulated: no namespaces, veths or CNI; agents run the programs in the userspace VM "
              "and `tailor lab probe` answers with their Trace RPC, not with real connections")
@@ -256,7 +271,8 @@ def _agents(data: dict, echo: Echo) -> None:
         os.makedirs(node["state_dir"], exist_ok=True)
         if node["bpffs_root"]:
             os.makedirs(node["bpffs_root"], exist_ok=True)
-        processes.start(data, f"agent/{node['name']}", processes.agent_argv(data, node), node["netns"])
+        processes.start(data, f"agent/{node['name']}", processes.agent_argv(data, node),
+                        processes.agent_netns(data, node))
     for node in data["nodes"]:
         processes.wait_agent(data, node)
 
@@ -485,6 +501,10 @@ def down(name: str, echo: Echo = print) -> list[str]:
     for key in sorted(data.get("processes", {}), key=lambda k: order.get(k, 0)):
         if processes.stop(data, key):
             removed.append(f"process {key} (pid {data['processes'][key]['pid']})")
+    if data.get("image"):
+        from tailor.lab import image as image_
+
+        removed += [f"container {c}" for c in image_.remove(data)]
     if kernel:
         namespaces = [p["netns"] for p in data["pods"]] + [n["netns"] for n in data["nodes"]] \
             + [x["netns"] for x in (data.get("outside"), data.get("switch"), data.get("router"))

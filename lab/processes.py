@@ -41,16 +41,33 @@ def agent_argv(data: dict, node: dict) -> list[str]:
                            "--listen", f"unix:{node['agent_socket']}",
                            "--wire", f"unix:{node['cni_socket']}", "--program-source", source,
                            *node_ips(node)]
-    argv = python() + ["-m", "tailor.cli.main", "agent", "--node", node["name"],
-                       "--backend", "kernel", "--listen", f"unix:{node['agent_socket']}",
-                       "--socket", node["cni_socket"], "--program-source", source,
-                       "--bpffs-root", node["bpffs_root"], "--state-dir", node["state_dir"]]
+    args = ["agent", "--node", node["name"],
+            "--backend", "kernel", "--listen", f"unix:{node['agent_socket']}",
+            "--socket", node["cni_socket"], "--program-source", source,
+            "--bpffs-root", node["bpffs_root"], "--state-dir", node["state_dir"]]
     for cidr in node["pod_cidrs"]:
-        argv += ["--pod-cidr", cidr]
+        args += ["--pod-cidr", cidr]
     # As in a cluster: the agent routes to the other nodes' pods from the
     # Nodes it is sent, and masquerades what leaves the cluster.
-    argv += ["--routing", data.get("routing", "native"), "--masquerade"]
-    return argv + node_ips(node)
+    args += ["--routing", data.get("routing", "native"), "--masquerade"] + node_ips(node)
+    return tailor(data, f"agent/{node['name']}", args, netns=node["netns"])
+
+
+def tailor(data: dict, key: str, args: list[str], *, netns: str | None = None) -> list[str]:
+    """`tailor ARGS` from the checkout, or (`lab up --image`) in a container
+    of the image, which joins `netns` itself (agent_netns says where the
+    process must be started)."""
+    if data.get("image"):
+        from tailor.lab import image
+
+        return image.run_argv(data, key, args, netns=netns, agent=args[0] == "agent")
+    return python() + ["-m", "tailor.cli.main", *args]
+
+
+def agent_netns(data: dict, node: dict) -> str | None:
+    """The namespace to start the node's agent in: none for a container,
+    which podman puts into the node's namespace."""
+    return None if data.get("image") and data["backend"] == "kernel" else node["netns"]
 
 
 def node_ips(node: dict) -> list[str]:
@@ -76,9 +93,10 @@ def operator_argv(data: dict) -> list[str]:
     ProgramSource on a unix socket the agents reach from their namespaces,
     drift repaired every few seconds."""
     api = data["api"]
-    return python() + ["-m", "tailor.cli.main", "operator", "--kubeconfig", api["kubeconfig"],
-                       "--source-listen", f"unix:{source_socket(data)}", "--no-lease",
-                       "--metrics-port", str(api["metrics_port"]), "--reconcile-seconds", "5"]
+    return tailor(data, "operator", ["operator", "--kubeconfig", api["kubeconfig"],
+                                     "--source-listen", f"unix:{source_socket(data)}", "--no-lease",
+                                     "--metrics-port", str(api["metrics_port"]),
+                                     "--reconcile-seconds", "5"])
 
 
 def controller_argv(data: dict) -> list[str]:
@@ -127,7 +145,7 @@ def alive(entry: dict | None) -> bool:
             cmdline = f.read().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    wanted = [a.encode() for a in entry["argv"][1:4]]
+    wanted = [a.encode() for a in entry["argv"][1:5]]
     return all(w in cmdline for w in wanted)
 
 

@@ -15,6 +15,7 @@ TAILOR_LAB_ROOT overrides it. Layout:
      "outside": {"netns": "lab.outside", "addresses": [...], "gateways": [...]} | null,
      "services": [{"namespace", "name", "ref", "cluster_ips": [...], "node_ports": [port or
                    null, one per Service port]}], "kube_proxy": bool,
+     "image": "localhost/tailor:0.1.0" | null,   # agents (and operator) from the image
      "bpffs_root": "/sys/fs/bpf/tailor-lab-lab" | null,
      "nodes": [{"name", "index", "netns", "switch_port", "underlay": [...], "gateways": [...],
                 "pod_cidrs": [...], "agent_socket", "cni_socket" (emulated: the

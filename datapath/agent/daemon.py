@@ -39,6 +39,7 @@ class Config:
     bpffs_root: str | None = None                    # default /sys/fs/bpf/tailor/<node>
     metrics_port: int | None = None                  # None: no metrics endpoint
     attach_timeout: float = core.ATTACH_TIMEOUT_SECONDS
+    proc_sys_net: str = "/proc/sys/net"             # a writable mount of it, in a container
 
     @property
     def state(self) -> str:
@@ -120,7 +121,7 @@ def _cni_server(config: Config, agent: core.Core, mtu: int | None = None, networ
     node_ipam = ipam.Ipam.from_cidrs(os.path.join(config.state, "ipam"), config.pod_cidrs or learnt)
     if network is not None and network.learn_pod_cidrs:
         network.on_pod_cidrs = node_ipam.set_cidrs
-    cni = handler.CniHandler(node_ipam, wiring.Wiring(mtu), attach=agent.attach_pod,
+    cni = handler.CniHandler(node_ipam, wiring.Wiring(mtu, config.proc_sys_net), attach=agent.attach_pod,
                              detach=agent.detach_pod, ready=agent.ready)
     srv = cni_server.CniSocketServer(config.socket, cni)
     srv.start()

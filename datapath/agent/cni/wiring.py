@@ -98,11 +98,18 @@ def gateway_for(addr: Address) -> Address:
     return GATEWAY_V4 if addr.version == 4 else GATEWAY_V6
 
 
+PROC_SYS_NET = "/proc/sys/net"
+
+
 class Wiring:
     """Creates and removes pod veths in the node netns the agent runs in."""
 
-    def __init__(self, mtu: int | None = None):
+    def __init__(self, mtu: int | None = None, proc_sys_net: str = PROC_SYS_NET):
         self.mtu = mtu
+        # A container's own /proc/sys is read-only: the chart mounts the
+        # host's /proc/sys/net elsewhere. Either resolves each file in the
+        # writer's network namespace, so one mount serves every pod.
+        self.proc_sys_net = proc_sys_net
 
     # -- ADD --------------------------------------------------------------------
 
@@ -201,7 +208,7 @@ class Wiring:
         for iface in ep.addresses:
             node.route(ep.host_ifindex, iface.network)
             node.neighbour(ep.host_ifindex, iface.ip, ep.pod_mac)
-        sock = _in_netns(ep.netns, None, _pod_socket, ep.ifname, has_ipv6)
+        sock = _in_netns(ep.netns, None, _pod_socket, self.proc_sys_net, ep.ifname, has_ipv6)
         try:
             pod.send(sock)
         except rtnl.NetlinkError as e:
@@ -210,7 +217,7 @@ class Wiring:
             sock.close()
         try:
             if not has_ipv6:
-                _set_ipv6(ep.host_ifname, False)   # the host side's own IPv6 chatter too
+                _set_ipv6(self.proc_sys_net, ep.host_ifname, False)   # the host side's IPv6 chatter too
             with contextlib.closing(rtnl.open_socket()) as sock:
                 node.send(sock)
         except OSError as e:
@@ -334,11 +341,11 @@ def _pod_index(netns: str, ifname: str) -> int:
         raise WiringError(f"{ifname} did not appear in {netns}") from None
 
 
-def _pod_socket(ifname: str, has_ipv6: bool) -> socket.socket:
+def _pod_socket(proc_sys_net: str, ifname: str, has_ipv6: bool) -> socket.socket:
     """Inside the pod's netns: the interface's IPv6 set as its addresses ask
     (DAD off, or IPv6 off — /proc/sys/net writes that netlink cannot do),
     and a netlink socket that stays in this namespace."""
-    _set_ipv6(ifname, has_ipv6)
+    _set_ipv6(proc_sys_net, ifname, has_ipv6)
     return rtnl.open_socket()
 
 
@@ -378,9 +385,9 @@ def _in_netns(netns: str, nsfd: int | None, fn, *args):
     return box.get("value")
 
 
-def _set_ipv6(ifname: str, enabled: bool) -> None:
+def _set_ipv6(proc_sys_net: str, ifname: str, enabled: bool) -> None:
     name, value = ("accept_dad", "0") if enabled else ("disable_ipv6", "1")
-    path = f"/proc/sys/net/ipv6/conf/{ifname}/{name}"
+    path = f"{proc_sys_net}/ipv6/conf/{ifname}/{name}"
     if os.path.exists(path):   # absent when IPv6 is disabled in the pod
         with open(path, "w") as f:
             f.write(value)
