@@ -53,6 +53,14 @@ def register(sub) -> None:
                    help="where the agent writes net sysctls: a container's own /proc/sys is "
                         "read-only, so the chart mounts the host's writable elsewhere "
                         "(default %(default)s)")
+    p.add_argument("--cni-conf", metavar="FILE",
+                   help="a CNI conflist to install into --cni-conf-dir once the CNI socket serves, "
+                        "and to remove at stop (the kubelet sees a network only while an agent runs)")
+    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d", metavar="DIR",
+                   help="where --cni-conf goes (default %(default)s)")
+    p.add_argument("--cni-conf-remove", action=argparse.BooleanOptionalAction, default=True,
+                   help="remove the installed conflist when the agent stops (default on; off: "
+                        "upgrades without a moment of no network config, uninstall leaves it)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)")
     p.set_defaults(func=_run)
 
@@ -82,7 +90,9 @@ def _run(args) -> int:
                            routing=args.routing, masquerade=args.masquerade,
                            non_masquerade=tuple(args.non_masquerade_cidr), state_dir=args.state_dir,
                            bpffs_root=args.bpffs_root, metrics_port=args.metrics_port,
-                           attach_timeout=args.attach_timeout, proc_sys_net=args.proc_sys_net)
+                           attach_timeout=args.attach_timeout, proc_sys_net=args.proc_sys_net,
+                           cni_conf=args.cni_conf, cni_conf_dir=args.cni_conf_dir,
+                           cni_conf_remove=args.cni_conf_remove)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

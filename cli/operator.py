@@ -25,6 +25,10 @@ def register(sub) -> None:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
     p.add_argument("--source-listen", default="0.0.0.0:9502", metavar="ADDR",
                    help="serve ProgramSource (the agents' CNI hand-off) here (default %(default)s)")
+    p.add_argument("--source-advertise", metavar="IP",
+                   help="this replica's address as the agents reach it (the chart: the pod's IP); "
+                        "the active replica tells every agent, so agents need no --program-source, "
+                        "cluster DNS or Service")
     peering = p.add_mutually_exclusive_group()
     peering.add_argument("--peering", metavar="NAME", help="also use kopf peering (needs kopf's CRDs)")
     peering.add_argument("--standalone", action="store_true", help="no kopf peering (default)")
@@ -86,10 +90,20 @@ def _run(args) -> int:
         except ValueError as e:
             print(f"tailor operator: --agent-selector: {e}", file=sys.stderr)
             return 2
+    if args.source_advertise:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(args.source_advertise)
+        except ValueError:
+            print(f"tailor operator: --source-advertise: {args.source_advertise!r} is not an IP "
+                  f"address (the chart passes the pod's, status.podIP)", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = config.Config(
         namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig, source_listen=args.source_listen,
+        source_advertise=args.source_advertise,
         lease_name=None if args.no_lease else args.lease, lease_namespace=args.lease_namespace,
         identity=os.environ.get("POD_ID") or os.environ.get("POD_NAME") or None,
         peering=args.peering, liveness=args.liveness, metrics_port=args.metrics_port,

@@ -212,9 +212,10 @@ class Core:
         with self._lock:
             return self.backend.groups_digest()
 
-    def set_nodes(self, nodes, cluster_cidrs) -> tuple[int, str]:
+    def set_nodes(self, nodes, cluster_cidrs, program_source: str = "") -> tuple[int, str]:
         """The cluster's nodes (node/routes.ClusterNode), the whole truth:
-        routes to their pods and the masquerade follow. (routes in force,
+        routes to their pods and the masquerade follow; `program_source`
+        (if any) is where CNI ADDs ask from now on. (routes in force,
         digest). Not under the core's lock: netlink may take a while, and
         the network keeps its own."""
         from tailor.datapath.agent.node import routes
@@ -228,7 +229,9 @@ class Core:
             raise InvalidRequest(f"SetNodes: {e}") from None
         count = self.network.apply(nodes, cluster_cidrs) if self.network is not None else 0
         self._nodes_digest = routes.digest(nodes, cluster_cidrs)
-        return count, self._nodes_digest
+        if program_source and hasattr(self.program_for, "point_at"):
+            self.program_for.point_at(program_source)
+        return count, self.nodes_digest()
 
     def set_services(self, entries) -> tuple[int, str]:
         """The cluster's Service table (datapath.services.ServiceEntry), the
@@ -251,7 +254,10 @@ class Core:
     def nodes_digest(self) -> str:
         """Of the last SetNodes in force ("" before the first; a restarted
         agent's network restores its last one)."""
-        return self.network.digest if self.network is not None else self._nodes_digest
+        from tailor.datapath.agent.node import routes
+
+        held = self.network.digest if self.network is not None else self._nodes_digest
+        return routes.with_source(held, getattr(self.program_for, "learned", ""))
 
     def remove(self, namespace: str, name: str, uid: str = "") -> bool:
         """Detach and forget the pod's programs; the endpoint stays registered."""

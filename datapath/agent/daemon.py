@@ -40,6 +40,9 @@ class Config:
     metrics_port: int | None = None                  # None: no metrics endpoint
     attach_timeout: float = core.ATTACH_TIMEOUT_SECONDS
     proc_sys_net: str = "/proc/sys/net"             # a writable mount of it, in a container
+    cni_conf: str | None = None                      # a conflist to install once serving...
+    cni_conf_dir: str = "/etc/cni/net.d"             # ...here
+    cni_conf_remove: bool = True                     # and remove again at stop
 
     @property
     def state(self) -> str:
@@ -55,9 +58,16 @@ class Running:
     metrics_server: object | None
     source: source.GrpcProgramSource | None
     adopted: int
+    cni_conf: str | None = None                      # the path installed, if any
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop taking requests, finish those in flight, release the backend."""
+        if self.cni_conf is not None and self.config.cni_conf_remove:
+            from tailor.datapath.agent.cni import conflist
+
+            # First: no new pod is sent to a plugin whose agent is going away.
+            if conflist.remove(self.cni_conf):
+                log.info("removed the CNI config %s", self.cni_conf)
         if self.cni_server is not None:
             self.cni_server.stop()
         self.grpc_server.stop(grace).wait()
@@ -73,7 +83,8 @@ def start(config: Config) -> Running:
     """Start everything; on a failure whatever started is stopped again."""
     backend = backends.open_backend(config.backend, config.node, bpffs_root=config.bpffs_root,
                                     state_dir=os.path.join(config.state, "datapath"))
-    program_source = source.GrpcProgramSource(config.program_source) if config.program_source else None
+    # Without an address it waits for the operator's (SetNodes).
+    program_source = source.GrpcProgramSource(config.program_source or None)
     agent_metrics = metrics.Metrics(config.node)
     from tailor.datapath.agent.node import addresses, network
 
@@ -100,6 +111,15 @@ def start(config: Config) -> Running:
             started.append(metrics_server.shutdown)
         cni_server = _cni_server(config, agent, node_network.pod_mtu(node_addresses), node_network) \
             if config.socket else None
+        if cni_server is not None:
+            started.append(cni_server.stop)
+        installed = None
+        if config.cni_conf:
+            from tailor.datapath.agent.cni import conflist
+
+            # Only now that ADDs are answered does the kubelet see a network.
+            installed = conflist.install(config.cni_conf, config.cni_conf_dir)
+            log.info("installed the CNI config %s", installed)
     except BaseException:
         for stop in reversed(started):
             stop()
@@ -107,7 +127,7 @@ def start(config: Config) -> Running:
             program_source.close()
         raise
     return Running(config, agent, grpc_server, cni_server, metrics_server, program_source,
-                   len(adopted))
+                   len(adopted), installed)
 
 
 def _cni_server(config: Config, agent: core.Core, mtu: int | None = None, network=None):

@@ -18,7 +18,7 @@ from concurrent import futures
 
 import grpc
 
-from tailor.datapath.agent import core, wire
+from tailor.datapath.agent import core, grpchealth, wire
 from tailor.datapath.agent.api import agent_pb2 as pb
 from tailor.datapath.agent.api import agent_pb2_grpc as rpc
 from tailor.datapath import layout
@@ -119,7 +119,8 @@ class AgentServicer(rpc.AgentServicer):
 
     @_errors_as_status
     def SetNodes(self, request, context):
-        routes, digest = self.core.set_nodes(request.nodes, request.cluster_cidrs)
+        routes, digest = self.core.set_nodes(request.nodes, request.cluster_cidrs,
+                                             request.program_source)
         return pb.SetNodesResponse(routes=routes, digest=digest)
 
     @_errors_as_status
@@ -176,6 +177,8 @@ def serve(agent: core.Core, listen: str, *, workers: int = 16) -> grpc.Server:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="tailor-grpc"))
     rpc.add_AgentServicer_to_server(AgentServicer(agent), server)
+    # The core is started before it is served: the Agent service is up.
+    grpchealth.add(server, **{grpchealth.AGENT: agent.ready()})
     if server.add_insecure_port(listen) == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}")
     server.start()

@@ -42,13 +42,14 @@ log = logging.getLogger("tailor.operator")
 
 
 class Controller:
-    def __init__(self, config: Config, credentials):
+    def __init__(self, config: Config, credentials, source_server=None):
         self.config = config
         self.credentials = credentials
         self.engine = engine_.Engine(retry_first=config.retry_first, retry_max=config.retry_max,
                                      coalesce=config.push_coalesce, agent_selector=config.agent_selector)
         self.agents = Agents(self.engine.agent_address)
-        self.nodes = NodeTable(self.engine, self.agents, timeout=config.push_timeout)
+        self.nodes = NodeTable(self.engine, self.agents, timeout=config.push_timeout,
+                               program_source=config.advertised_source)
         self.services = ServiceTable(self.engine, self.agents, timeout=config.push_timeout)
         self.reconciler = Reconciler(self.engine, self.agents, interval=config.reconcile_seconds,
                                      timeout=config.push_timeout, nodes=self.nodes, services=self.services)
@@ -63,8 +64,10 @@ class Controller:
                                                self.services.kick())
         self.engine.on_nodes = self.nodes.kick
         self.engine.on_services = self.services.kick
-        self.source_server = None
-        self.source_port: int | None = None
+        # Served since before the Lease (a standby answers health too):
+        # activated in start(), deactivated in stop().
+        self.source_server = source_server
+        self.source_port: int | None = source_server.port if source_server else None
         self.metrics_server = None
         self.loaded = False
         self._load_lock = threading.Lock()
@@ -90,8 +93,9 @@ class Controller:
 
     async def start(self) -> None:
         """kopf's startup: serve the hand-off, start pushing and reconciling."""
-        self.source_server, self.source_port = source.serve(
-            self.engine, self.config.source_listen, lambda node: self.reconciler.kick())
+        if self.source_server is None:
+            self.source_server, self.source_port = source.serve(None, self.config.source_listen)
+        self.source_server.source.activate(self.engine, lambda node: self.reconciler.kick())
         if self.config.metrics_port is not None:
             self.metrics_server = metrics.serve(self.engine, self.config.metrics_port)
         self.pusher.start()
@@ -109,7 +113,7 @@ class Controller:
     async def stop(self) -> None:
         """kopf's cleanup: stop taking hand-offs, finish the round, flush statuses."""
         if self.source_server is not None:
-            await asyncio.to_thread(lambda: self.source_server.stop(2.0).wait())
+            self.source_server.source.deactivate()
         self.engine.stop()
         await asyncio.to_thread(self.pusher.join, self.config.push_timeout + 2)
         await asyncio.to_thread(self.reconciler.stop)
@@ -152,6 +156,17 @@ async def run(config: Config, *, credentials=None, stop_flag=None, ready_flag=No
     `controllers` (tests) receives the Controller once it exists."""
     credentials = credentials or login(config.kubeconfig)
     stop = stop_flag if stop_flag is not None else asyncio.Event()
+    # From the start, Lease or not: health for the probes (the standby is
+    # ready as a standby), UNAVAILABLE to a ProgramFor until active.
+    source_server, _ = source.serve(None, config.source_listen)
+    try:
+        return await _run(config, credentials, stop, ready_flag, controllers, source_server)
+    finally:
+        # In-flight answers finish; afterwards agents hear "unavailable" and retry.
+        await asyncio.to_thread(lambda: source_server.stop(2.0).wait())
+
+
+async def _run(config: Config, credentials, stop, ready_flag, controllers, source_server) -> int:
     lease_client = KubeClient(credentials, timeout=config.request_timeout)
     lease = None
     if config.lease_name:
@@ -164,7 +179,7 @@ async def run(config: Config, *, credentials=None, stop_flag=None, ready_flag=No
             acquiring.cancel()
             await lease_client.close()
             return 0
-    controller = Controller(config, credentials)
+    controller = Controller(config, credentials, source_server)
     if controllers is not None:
         controllers.append(controller)
     registry = kopf.OperatorRegistry()

@@ -16,6 +16,11 @@ class Config:
     kubeconfig: str | None = None
     # The ProgramSource the agents ask at CNI ADD (the zero-window hand-off).
     source_listen: str = "0.0.0.0:9502"
+    # This replica's address as the agents reach it (an IP: the port is
+    # source_listen's): told to every agent with the node table, so they
+    # need no cluster DNS or Service. None: tell them nothing (their own
+    # --program-source stands).
+    source_advertise: str | None = None
     # One active operator: a coordination.k8s.io Lease (None: no election).
     lease_name: str | None = "tailor-operator"
     lease_namespace: str = "kube-system"
@@ -45,6 +50,15 @@ class Config:
     resync_seconds: float = 300.0        # list the API and drop deletions a watch missed
     # Events on pods for Failed programs, and kopf's own posting level.
     post_events: bool = True
+
+    @property
+    def advertised_source(self) -> str:
+        """host:port the agents are told ("" for none); IPv6 in brackets."""
+        host = self.source_advertise
+        if not host:
+            return ""
+        port = self.source_listen.rsplit(":", 1)[-1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
     def clusterwide(self) -> bool:

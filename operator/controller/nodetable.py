@@ -27,8 +27,9 @@ RETRY_SECONDS = 2.0
 
 class NodeTable:
     def __init__(self, engine, agents: Agents, *, cluster_cidrs: tuple[str, ...] = (),
-                 timeout: float = 10.0, interval: float = 30.0):
+                 timeout: float = 10.0, interval: float = 30.0, program_source: str = ""):
         self.engine = engine
+        self.program_source = program_source   # told to every agent ("" : none)
         self.agents = agents
         self.cluster_cidrs = tuple(cluster_cidrs)
         self.timeout = timeout
@@ -68,7 +69,7 @@ class NodeTable:
                 for n in self.engine.cluster_nodes()]
 
     def digest(self) -> str:
-        return routes.digest(self.table(), self.cluster_cidrs)
+        return routes.with_source(routes.digest(self.table(), self.cluster_cidrs), self.program_source)
 
     # What a subclass for another node-level table changes: the request,
     # the RPC, and what the log says.
@@ -86,8 +87,10 @@ class NodeTable:
         table = self.table()
         request = pb.SetNodesRequest(
             nodes=[pb.ClusterNode(name=n.name, addresses=n.addresses, pod_cidrs=n.pod_cidrs)
-                   for n in table], cluster_cidrs=self.cluster_cidrs)
-        return request, routes.digest(table, self.cluster_cidrs), f"{len(table)} nodes"
+                   for n in table], cluster_cidrs=self.cluster_cidrs,
+            program_source=self.program_source)
+        digest = routes.with_source(routes.digest(table, self.cluster_cidrs), self.program_source)
+        return request, digest, f"{len(table)} nodes"
 
     def _call(self, stub, request):
         return stub.SetNodes.future(request, timeout=self.timeout)

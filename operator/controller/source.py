@@ -19,8 +19,13 @@ program is in force. The operator:
     new address affects (their peer maps) for the pusher — after answering,
     never before: the asking agent must not wait on other nodes.
 
-With two operator replicas only the Lease holder serves this port (the
-other has not started it), so the agents' Service reaches the active one.
+With two operator replicas both serve this port from the start, with the
+standard health service (grpc.health.v1: "" SERVING, so the chart's probe
+finds the standby ready too), but only the Lease holder answers ProgramFor;
+the standby answers UNAVAILABLE (the agent retries) and reports
+ProgramSource NOT_SERVING. The active replica tells every agent its own
+address (SetNodes' program_source), so agents need neither cluster DNS nor
+a Service to reach it.
 
 Trust: an answer here records the asking agent's addresses for the pod, and
 they join other pods' peer maps. The port speaks plain gRPC with no client
@@ -36,7 +41,7 @@ from concurrent import futures
 
 import grpc
 
-from tailor.datapath.agent import wire
+from tailor.datapath.agent import grpchealth, wire
 from tailor.datapath.agent.api import agent_pb2_grpc as pb_grpc
 from tailor.operator.compiler import program
 from tailor.operator.controller import engine as engine_
@@ -45,13 +50,29 @@ log = logging.getLogger("tailor.operator.source")
 
 
 class ProgramSource(pb_grpc.ProgramSourceServicer):
-    def __init__(self, engine: engine_.Engine, handed: Callable[[str], None] = lambda node: None):
+    """engine None: a standby replica, which answers UNAVAILABLE."""
+
+    def __init__(self, engine: engine_.Engine | None,
+                 handed: Callable[[str], None] = lambda node: None):
         self.engine = engine
         self.handed = handed
+        self.health = None   # set by serve()
+
+    def activate(self, engine: engine_.Engine, handed: Callable[[str], None]) -> None:
+        self.engine, self.handed = engine, handed
+        grpchealth.set_serving(self.health, grpchealth.PROGRAM_SOURCE, True)
+
+    def deactivate(self) -> None:
+        grpchealth.set_serving(self.health, grpchealth.PROGRAM_SOURCE, False)
+        self.engine = None
 
     def ProgramFor(self, request, context):
         ref = request.pod
         what = f"{ref.namespace}/{ref.name}"
+        if self.engine is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "this operator replica is standing by (it does not hold the Lease); "
+                          "the active replica tells the agents its address")
         try:
             pod, uid, programs, entries, groups = self.engine.program_for(
                 ref.namespace, ref.name, ref.uid, request.node, list(request.addresses))
@@ -72,18 +93,25 @@ class ProgramSource(pb_grpc.ProgramSourceServicer):
         return wire.to_proto(pod.namespace, pod.name, uid, programs, entries, pod.ips, groups)
 
 
-def serve(engine: engine_.Engine, listen: str, handed: Callable[[str], None] = lambda node: None,
+def serve(engine: engine_.Engine | None, listen: str,
+          handed: Callable[[str], None] = lambda node: None,
           *, workers: int = 16, extra_handlers=()) -> tuple[grpc.Server, int]:
     """Start the ProgramSource on `listen` (host:port or unix:/path), with
-    `extra_handlers` (generic gRPC handlers: the lab's Sync) beside it.
-    Returns the server and the bound port (0 for unix sockets)."""
+    the health service and `extra_handlers` (generic gRPC handlers: the
+    lab's Sync) beside it. Returns the server, its `.source` servicer
+    attached (activate() it once a standby's engine exists), and the bound
+    port (0 for unix sockets)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="tailor-source"))
-    pb_grpc.add_ProgramSourceServicer_to_server(ProgramSource(engine, handed), server)
+    servicer = ProgramSource(engine, handed)
+    pb_grpc.add_ProgramSourceServicer_to_server(servicer, server)
+    servicer.health = grpchealth.add(server, **{grpchealth.PROGRAM_SOURCE: engine is not None})
+    server.source = servicer
     if extra_handlers:
         server.add_generic_rpc_handlers(tuple(extra_handlers))
     port = server.add_insecure_port(listen)
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}")
     server.start()
+    server.port = port
     return server, port

@@ -36,6 +36,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/tailor"
 sys.path.insert(0, str(ROOT / "tests/operator"))   # the kmock emulator and kubectl runner
+from tailor.datapath.agent import privileges  # noqa: E402
 from tailor.lab.apiserver import resources  # noqa: E402
 import kubectl_harness  # noqa: E402
 
@@ -164,6 +165,24 @@ def test_values_referenced_exist():
             node = node[step]
 
 
+def test_every_value_is_read_by_some_template():
+    """A value no template reads would be a setting that silently does nothing."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    texts = "".join(p.read_text() for p in TEMPLATES)
+    read = {path.strip(".") for path in re.findall(r"\.Values((?:\.\w+)+)", texts)}
+
+    def leaves(node, prefix=""):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from leaves(v, f"{prefix}.{k}" if prefix else k)
+        else:
+            yield prefix
+
+    unread = [leaf for leaf in leaves(values)
+              if not any(leaf == r or leaf.startswith(r + ".") for r in read)]
+    assert unread == [], f"values no template reads: {unread}"
+
+
 def test_values_defaults():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["ports"] == {"agentGrpc": 9501, "operatorSource": 9502, "metrics": 9503, "operatorMetrics": 9504}
@@ -288,18 +307,33 @@ async def test_install_renders_the_agent_daemonset():
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "tailor-agent"
     (agent,) = pod["containers"]
-    assert agent["securityContext"]["privileged"] is True
+    # Not privileged: exactly the capabilities the agent is measured to need.
+    security = agent["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": sorted(privileges.CAPABILITIES)}
+    # No --program-source: the active operator tells the agents where it is
+    # (no cluster DNS, no Service). The agent owns the conflist.
     assert agent_script(ds) == (
         'exec tailor agent --node "$NODE_NAME" --backend kernel --listen 0.0.0.0:9501 '
-        "--socket /run/tailor/cni.sock --program-source tailor-operator.kube-system.svc:9502 "
-        "--metrics-port 9503 --attach-timeout 10 --log-level info --routing auto --masquerade")
+        "--socket /run/tailor/cni.sock "
+        "--metrics-port 9503 --attach-timeout 10 --log-level info --routing auto "
+        "--proc-sys-net /host/proc/sys/net --cni-conf /etc/tailor/05-tailor.conflist "
+        "--cni-conf-dir /host/etc/cni/net.d --cni-conf-remove --masquerade")
+    # grpc.health.v1 probes on the agent's port.
+    assert agent["readinessProbe"]["grpc"] == {"port": 9501} == agent["livenessProbe"]["grpc"]
     # Pod CIDRs from the Node (the node table): no init container calls the API.
-    assert [c["name"] for c in pod["initContainers"]] == ["install-cni"]
-    assert {m["mountPath"] for m in agent["volumeMounts"]} >= {"/sys/fs/bpf", "/run/tailor", "/var/lib/tailor"}
+    assert [c["name"] for c in pod["initContainers"]] == ["mount-bpffs", "install-cni"]
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert set(mounts) >= {"/sys/fs/bpf", "/run/tailor", "/var/lib/tailor", "/host/proc/sys/net",
+                           "/host/etc/cni/net.d", "/etc/tailor"}
+    # Bidirectional propagation needs a privileged container: only the bpffs init container's.
+    assert mounts["/sys/fs/bpf"]["mountPropagation"] == "HostToContainer"
     assert {(p["name"], p["containerPort"]) for p in agent["ports"]} == {("grpc", 9501), ("metrics", 9503)}
-    install_cni = pod["initContainers"][0]
-    assert install_cni["name"] == "install-cni"
-    assert {m["mountPath"] for m in install_cni["volumeMounts"]} >= {"/host/opt/cni/bin", "/host/etc/cni/net.d"}
+    bpffs, install_cni = pod["initContainers"]
+    assert bpffs["securityContext"] == {"privileged": True}
+    assert install_cni["name"] == "install-cni" and "privileged" not in install_cni["securityContext"]
+    assert {m["mountPath"] for m in install_cni["volumeMounts"]} == {"/host/opt/cni/bin"}
+    assert "portmap" in install_cni["args"][0] and "if [ ! -e /host/opt/cni/bin/portmap ]" in install_cni["args"][0]
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert set(host.values()) >= {"/sys/fs/bpf", "/run/tailor", "/var/lib/tailor", "/opt/cni/bin", "/etc/cni/net.d"}
 
@@ -320,10 +354,15 @@ async def test_install_renders_operator_rbac_and_cni_config():
         peering = rendered(kube, "kopf.dev/v1/clusterkopfpeerings", "tailor", None)
     assert deployment["spec"]["replicas"] == 2
     (operator,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert operator["command"] == ["tailor", "operator", "--source-listen", "0.0.0.0:9502", "--peering", "tailor",
+    assert operator["command"] == ["tailor", "operator", "--source-listen", "0.0.0.0:9502",
+                                   "--source-advertise", "$(POD_IP)", "--peering", "tailor",
                                    "--agent-selector", "app.kubernetes.io/component=agent,"
                                    "app.kubernetes.io/instance=tailor,app.kubernetes.io/name=tailor",
                                    "--metrics-port", "9504", "--log-level", "info"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in operator["env"]}
+    assert env["POD_IP"] == "status.podIP"
+    # Both replicas answer grpc.health.v1 (the standby too): both report ready.
+    assert operator["readinessProbe"]["grpc"] == {"port": 9502} == operator["livenessProbe"]["grpc"]
     assert peering["kind"] == "ClusterKopfPeering"
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("source", 9502), ("metrics", 9504)}
 
@@ -349,7 +388,8 @@ async def test_install_renders_operator_rbac_and_cni_config():
 
     conflist = json.loads(configmap["data"]["05-tailor.conflist"])
     assert conflist == {"cniVersion": "1.1.0", "name": "tailor", "plugins": [
-        {"type": "tailor", "agentSocket": "/run/tailor/cni.sock", "timeoutSeconds": 30}]}
+        {"type": "tailor", "agentSocket": "/run/tailor/cni.sock", "timeoutSeconds": 30},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}   # hostPort
     assert "kubectl get pp -A" in release["info"]["notes"]
 
 
@@ -365,7 +405,7 @@ async def test_install_with_emulated_backend_and_cidrs_from_values():
         configmap = rendered(kube, "v1/configmaps", "tailor-agent")
     assert "--backend emulated" in agent_script(ds)
     assert configmap["data"]["pod-cidrs.worker-1"] == "10.244.1.0/24,fd00::/64"
-    cidrs = ds["spec"]["template"]["spec"]["initContainers"][1]
+    cidrs = ds["spec"]["template"]["spec"]["initContainers"][-1]
     assert cidrs["name"] == "pod-cidrs" and "pod-cidrs.$NODE_NAME" in cidrs["args"][0]
     assert "enforces nothing in the kernel" in release["info"]["notes"]
 

@@ -622,3 +622,29 @@ def test_the_cni_hand_off_waits_for_the_operator_to_see_the_pod(world):
     world.create(made)
     assert done.wait(15.0) and not errors, errors
     assert world.agents["n3"].held()["y/early"][1] == "Loaded"
+
+
+def test_agents_without_a_program_source_learn_the_active_operators(tmp_path):
+    """As the chart starts them: agents with no --program-source (no cluster
+    DNS, no Service) ask where the active operator told them it is."""
+    w = World(str(tmp_path))
+    try:
+        for agent in w.agents.values():
+            agent.program_source.address = None
+        topology, _ = example_docs()
+        for doc in topology:
+            if doc["kind"] == "Namespace":
+                w.create(doc)
+        w.start_operator(source_advertise="127.0.0.1")
+        eventually(lambda: all(a.program_source.learned == w.source for a in w.agents.values()),
+                   what="every agent told the operator's address")
+        pod = next(d for d in topology if d["kind"] == "Pod")
+        key = w.create_pod(pod, "n2")
+        assert w.agents["n2"].held()[key][1] == "Loaded"
+        # The reconcile loop sees the agents hold the table it sent: no resend loop.
+        sends = w.operator.controller.nodes.sends
+        w.operator.controller.reconciler.kick()
+        eventually(lambda: w.operator.controller.nodes.unsettled() == [], what="node tables settled")
+        assert w.operator.controller.nodes.sends <= sends + 1
+    finally:
+        w.close()

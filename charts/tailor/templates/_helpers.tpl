@@ -40,11 +40,6 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s-operator" (include "tailor.fullname" .) -}}
 {{- end -}}
 
-{{/* Where agents reach the operator's ProgramSource. */}}
-{{- define "tailor.programSource" -}}
-{{- printf "%s.%s.svc:%d" (include "tailor.operatorName" .) .Release.Namespace (int .Values.ports.operatorSource) -}}
-{{- end -}}
-
 {{/* The agent pods' selector labels as k=v,k=v (tailor operator --agent-selector). */}}
 {{- define "tailor.agentSelector" -}}
 {{- $labels := include "tailor.selectorLabels" (list . "agent") | fromYaml -}}

@@ -253,12 +253,14 @@ class ClusterNode(_message.Message):
     def __init__(self, name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., pod_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetNodesRequest(_message.Message):
-    __slots__ = ("nodes", "cluster_cidrs")
+    __slots__ = ("nodes", "cluster_cidrs", "program_source")
     NODES_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_SOURCE_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[ClusterNode]
     cluster_cidrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[ClusterNode, _Mapping]]] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    program_source: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[ClusterNode, _Mapping]]] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ..., program_source: _Optional[str] = ...) -> None: ...
 
 class SetNodesResponse(_message.Message):
     __slots__ = ("routes", "digest")

@@ -141,3 +141,14 @@ def digest(nodes: Iterable[ClusterNode], cluster_cidrs: Iterable[str]) -> str:
         h.update(f"{n.name}|{','.join(n.addresses)}|{','.join(n.pod_cidrs)}\n".encode())
     h.update(("cidrs " + ",".join(sorted(cluster_cidrs))).encode())
     return h.hexdigest()[:16]
+
+
+def with_source(digest_: str, program_source: str) -> str:
+    """A SetNodes digest that also covers the program source it named (none:
+    the digest alone), so an agent that restarted and forgot it, or was told
+    another replica's, no longer matches."""
+    import hashlib
+
+    if not program_source:
+        return digest_
+    return hashlib.sha256(f"{digest_}|source {program_source}".encode()).hexdigest()[:16]
