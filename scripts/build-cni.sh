@@ -28,13 +28,13 @@ EOF
 root=$PWD
 # Modules PyInstaller would pack by default that the plugin never imports
 # (half the binary's size: libcrypto, codecs, decimal, compression, pickle).
-excludes=""
+excludes=()
 for m in _hashlib ssl _ssl decimal _decimal bz2 _bz2 lzma _lzma pickle _pickle csv _csv \
          _codecs_cn _codecs_hk _codecs_jp _codecs_kr _codecs_tw _codecs_iso2022 _multibytecodec; do
-    excludes+=" --exclude-module $m"
+    excludes+=(--exclude-module "$m")
 done
 (cd "$src" && python3 -m PyInstaller --onefile --noconfirm --clean --log-level WARN \
-    --name tailor --paths . $excludes \
+    --name tailor --paths . "${excludes[@]}" \
     --distpath "$root/$out" --workpath "$root/$out/work" --specpath "$root/$out/work" \
     tailor_cni.py)
 echo "build-cni: $out/tailor ($(du -h "$out/tailor" | cut -f1))" >&2

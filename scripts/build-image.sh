@@ -22,9 +22,10 @@ base=localhost/tailor-base:bookworm
 
 # The runtime's Debian packages: python3 (the venv's interpreter), libbpf1
 # (loaded through ctypes), iproute2 and nftables (the agent's node
-# networking), util-linux (nsenter), containernetworking-plugins (portmap).
+# networking), util-linux (nsenter, mountpoint). portmap is added from the
+# build stage (Containerfile).
 scripts/debian-rootfs.sh "$base" python3 python3-venv libbpf1 iproute2 nftables util-linux \
-    containernetworking-plugins ca-certificates
+    ca-certificates
 
 # The build downloads through the host's network and trusts what the host
 # trusts (a proxy's CA, say), mounted for the build only: nothing of the

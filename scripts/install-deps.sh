@@ -18,8 +18,8 @@ apt_pkgs=(libbpf1 iproute2 util-linux nftables)
 [[ "$mode" == "--test" ]] && apt_pkgs+=(llvm-19 bpftool)
 # The image tests build and run tailor's image (scripts/build-image.sh):
 # podman with runc, mmdebstrap for the base; Debian's CNI plugins (portmap,
-# chained after tailor in the lab) and the iptables portmap drives;
-# shellcheck for kind/*.sh.
+# chained after tailor in the lab) and the iptables portmap drives; and
+# the shell linter for kind/*.sh.
 [[ "$mode" == "--test" ]] && apt_pkgs+=(podman runc mmdebstrap containernetworking-plugins iptables shellcheck)
 # clang: the compile benchmark's baseline (equivalent C, -O2 -target bpf); iperf3:
 # the data plane's throughput (nftables, the runtime's, is its baseline policy).
