@@ -11,13 +11,14 @@ its cgroups; the default limits are refused).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 
 from tailor.datapath.agent import privileges
 
-CNI_IN_IMAGE = "/opt/tailor/cni/tailor"   # the chart's cni.pluginPath
+CNI_IN_IMAGE = "/opt/tailor/cni/tailor.d"   # under the chart's cni.pluginDir
 BPFFS = "/sys/fs/bpf"
 HOST_PROC_SYS_NET = privileges.PROC_SYS_NET_MOUNT   # the chart mounts it there too
 
@@ -64,8 +65,10 @@ def run_argv(data: dict, key: str, args: list[str], *, netns: str | None,
 
 
 def install_cni(data: dict, directory: str, name: str) -> str:
-    """Copy the image's CNI executable to `directory/name`."""
+    """Copy the image's CNI plugin folder into `directory` and link
+    `directory/name` to its executable, as the chart's install-cni does."""
     os.makedirs(directory, exist_ok=True)
+    folder = os.path.join(directory, f"{name}.d")
     target = os.path.join(directory, name)
     created = subprocess.run(["podman", "create", "--runtime", "runc", data["image"]],
                              capture_output=True, text=True)
@@ -73,11 +76,14 @@ def install_cni(data: dict, directory: str, name: str) -> str:
         raise ImageError(f"podman create {data['image']}: {created.stderr.strip()}")
     cid = created.stdout.strip()
     try:
-        copied = subprocess.run(["podman", "cp", f"{cid}:{CNI_IN_IMAGE}", target + ".new"],
+        shutil.rmtree(folder, ignore_errors=True)
+        copied = subprocess.run(["podman", "cp", f"{cid}:{CNI_IN_IMAGE}", folder],
                                 capture_output=True, text=True)
         if copied.returncode != 0:
             raise ImageError(f"podman cp {CNI_IN_IMAGE} out of {data['image']}: {copied.stderr.strip()}")
-        os.chmod(target + ".new", 0o755)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target + ".new")
+        os.symlink(os.path.join(f"{name}.d", name), target + ".new")
         os.replace(target + ".new", target)
     finally:
         subprocess.run(["podman", "rm", "--force", cid], capture_output=True)

@@ -62,5 +62,6 @@ def test_the_agents_run_unprivileged_with_the_listed_capabilities(up):
 
 def test_pods_are_wired_by_the_images_cni_executable(up):
     exe = os.path.join(up["run_dir"], "cni-bin", "tailor")
+    assert os.path.realpath(exe) == os.path.join(up["run_dir"], "cni-bin", "tailor.d", "tailor")
     with open(exe, "rb") as f:
         assert f.read(4) == b"\x7fELF", "the lab's plugin is not the image's standalone executable"
