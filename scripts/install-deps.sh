@@ -49,7 +49,7 @@ extras="[lab]"
 venv="${TAILOR_VENV:-$PWD/.venv}"
 if [[ ! -x "$venv/bin/python" ]]; then
     echo "install-deps: python3 -m venv $venv" >&2
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    if ! python3 -P -m venv "$venv" >/dev/null 2>&1; then
         rm -rf "$venv"
         # Debian ships venv's ensurepip apart from python3.
         if [[ $EUID -ne 0 ]]; then
@@ -59,7 +59,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
         echo "install-deps: apt-get install python3-venv" >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        python3 -m venv "$venv"
+        python3 -P -m venv "$venv"
     fi
 fi
 # -P: the checkout's top-level folders (operator/) must not shadow the standard library.

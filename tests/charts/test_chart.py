@@ -387,7 +387,7 @@ async def test_install_renders_operator_rbac_and_cni_config():
     assert allowed(lease_role, "coordination.k8s.io", "leases") >= {"get", "create", "update"}
 
     conflist = json.loads(configmap["data"]["05-tailor.conflist"])
-    assert conflist == {"cniVersion": "1.1.0", "name": "tailor", "plugins": [
+    assert conflist == {"cniVersion": "1.0.0", "name": "tailor", "plugins": [
         {"type": "tailor", "agentSocket": "/run/tailor/cni.sock", "timeoutSeconds": 30},
         {"type": "portmap", "capabilities": {"portMappings": True}}]}   # hostPort
     assert "kubectl get pp -A" in release["info"]["notes"]
