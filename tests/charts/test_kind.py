@@ -2,7 +2,7 @@
 
 kind/up.sh needs kind, a container engine, kubectl and helm, which this
 repository does not install, so nothing here starts a cluster. What is
-checked instead: both scripts pass shellcheck; kind-config.yaml is what the
+checked instead (shellcheck: tests/project/test_scripts.py): kind-config.yaml is what the
 chart's defaults expect (kind's CNI off, one pod subnet the nodes'
 spec.podCIDRs come from, tailor's conflist sorting before kindnet's); up.sh
 installs charts/tailor with the image scripts/build-image.sh builds, at the
@@ -60,16 +60,6 @@ def helm_install_command(text: str) -> str:
 
 
 # --- the scripts as scripts ---------------------------------------------------
-
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_shellcheck_clean(script):
-    if shutil.which("shellcheck") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but shellcheck is missing (scripts/install-deps.sh --test installs it)")
-        pytest.skip("needs shellcheck (apt-get install shellcheck)")
-    got = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True, text=True)
-    assert got.returncode == 0, got.stdout
-
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_scripts_are_strict_bash_executables(script):
